@@ -1,0 +1,104 @@
+/* base/internal.h — private helpers shared by every layer (never installed).
+ *
+ * Futex wrappers (always shared, never FUTEX_PRIVATE: carom objects live in
+ * MAP_SHARED memory), absolute CLOCK_MONOTONIC deadlines, the cached identity
+ * of the calling process/thread, liveness of another process, and carom__die()
+ * for states that cannot happen.
+ */
+#ifndef CAROM_BASE_INTERNAL_H
+#define CAROM_BASE_INTERNAL_H
+
+#include "carom/common.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CAROM_LIKELY(x) __builtin_expect(!!(x), 1)
+#define CAROM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define CAROM_CACHELINE 64
+
+/* Log file:line and the message, then abort(). For impossible states only. */
+#define carom__die(...) carom__die_at(__FILE__, __LINE__, __VA_ARGS__)
+void carom__die_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 3, 4)));
+
+/* ---- futex ---- */
+
+/* Sleep while *word == expected, until woken or the absolute CLOCK_MONOTONIC
+ * deadline (NULL: no bound). Returns 0 when woken (or spuriously), -EAGAIN when
+ * *word != expected on entry, -EINTR on a signal, -ETIMEDOUT at the deadline.
+ * Callers re-check their word after every return (STYLE.md, futex code). */
+static inline int carom__futex_wait(_Atomic uint32_t *word, uint32_t expected,
+                                    const struct timespec *deadline) {
+  /* FUTEX_WAIT_BITSET takes an absolute timeout on CLOCK_MONOTONIC, so a
+   * retry never stretches the wait (musl __timedwait computes the same). */
+  long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected,
+                   deadline, NULL, FUTEX_BITSET_MATCH_ANY);
+  if (r == 0) return 0;
+  int e = errno;
+  if (e == EAGAIN || e == EINTR || e == ETIMEDOUT) return -e;
+  carom__die("futex wait: unexpected errno %d", e);
+}
+
+/* Wake up to n sleepers on word. Returns the number woken. */
+static inline int carom__futex_wake(_Atomic uint32_t *word, int n) {
+  long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
+  if (r >= 0) return (int)r;
+  carom__die("futex wake: unexpected errno %d", errno);
+}
+
+/* ---- time ---- */
+
+static inline uint64_t carom__ts_ns(const struct timespec *ts) {
+  return (uint64_t)ts->tv_sec * 1000000000ull + (uint64_t)ts->tv_nsec;
+}
+static inline void carom__ns_ts(uint64_t ns, struct timespec *ts) {
+  ts->tv_sec = (time_t)(ns / 1000000000ull);
+  ts->tv_nsec = (long)(ns % 1000000000ull);
+}
+/* True when the deadline has passed (never for NULL). */
+bool carom__deadline_passed(const struct timespec *deadline);
+/* The earlier of `deadline` and now + ns, written to *out; returns out.
+ * Used to cap one sleep (e.g. to poll an owner's liveness) without changing
+ * the caller's deadline. */
+const struct timespec *carom__deadline_cap(const struct timespec *deadline, uint64_t ns,
+                                           struct timespec *out);
+
+/* ---- identity of the caller, cached (refreshed after fork) ---- */
+
+/* pid of the calling process, without a syscall after the first call. */
+pid_t carom__self_pid(void);
+/* kernel thread id of the calling thread, cached per thread. */
+pid_t carom__self_tid(void);
+
+/* Liveness of another process: true while it exists and has not exited. A
+ * zombie (exited, not yet reaped) counts as dead. Costs 2–3 syscalls; call it
+ * only on slow paths. pid reuse: a pid is only reused after the zombie is
+ * reaped and the kernel's pid counter wraps (pid_max), so a caller that polls
+ * every few ms cannot mistake a new process for the dead owner in practice. */
+bool carom__pid_alive(pid_t pid);
+
+/* ---- logging shorthands ---- */
+#define carom__debug(...) carom_log(CAROM_LOG_DEBUG, __VA_ARGS__)
+#define carom__warn(...) carom_log(CAROM_LOG_WARNING, __VA_ARGS__)
+
+/* Spin-wait hint. */
+static inline void carom__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield" ::: "memory");
+#else
+  atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+#endif /* CAROM_BASE_INTERNAL_H */

@@ -1,0 +1,8 @@
+/* carom/carom.h — the umbrella header: every public carom module. */
+#ifndef CAROM_CAROM_H
+#define CAROM_CAROM_H
+
+#include "carom/common.h"
+#include "carom/sync.h"
+
+#endif
