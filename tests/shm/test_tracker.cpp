@@ -127,6 +127,8 @@ TEST(TrackerHelper, Run) {
     oc->tracker = carom__tracker_pid();
     oc->ready = 1;
     (void)c;
+    carom_shm_close(other);  // closing never unlinks
+    carom_shm_close(s);
     return;  // exit: the family (just us) ends
   }
   ASSERT_EQ(0, carom_shm_create(name, 4096, 0, &s));
