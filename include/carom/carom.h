@@ -5,5 +5,6 @@
 #include "carom/common.h"
 #include "carom/sync.h"
 #include "carom/shm.h"
+#include "carom/pool.h"
 
 #endif
