@@ -4,6 +4,7 @@
 
 #include "carom/common.h"
 #include "carom/sync.h"
+#include "carom/shm.h"
 #include "carom/pool.h"
 
 #endif
