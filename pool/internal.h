@@ -97,6 +97,8 @@ typedef struct {
   /* written by the worker */
   _Atomic uint64_t started;   /* messages started (seq of the running one + 1) */
   _Atomic uint32_t item;      /* index within the running message */
+  _Atomic uint64_t started_ns; /* CLOCK_MONOTONIC when the running message started */
+  _Atomic uint64_t soft_seq;  /* seq + 1 of the message whose soft limit expired */
   _Atomic int32_t pid;        /* worker pid (also set by the supervisor) */
   char errmsg[ERRMSG_MAX];    /* initializer failure message */
   /* written by the supervisor: seq + 1 of queued messages to skip (cancelled),

@@ -76,6 +76,8 @@ struct carom_job {
   uint64_t *in_off;  /* n + 1 offsets into in */
   uint32_t *in_len;  /* n lengths */
   carom_submit_opts_t cb;
+  uint64_t soft_ns, hard_ns; /* limits (0: none) */
+  bool timeout_set_called;
 
   /* supervisor only */
   size_t next_item;  /* first item never dispatched */
@@ -117,6 +119,7 @@ typedef struct {
   int state;
   pid_t pid;
   int pidfd;
+  uint64_t soft_sent, hard_sent; /* seq + 1 of the message signalled / killed */
   bool exited;      /* pidfd fired */
   bool stop_sent;   /* we asked it to stop (close/terminate) */
   bool have_status; /* template reported */
@@ -160,6 +163,13 @@ struct carom_pool {
   _Atomic uint32_t sup_exited;
   char init_error[ERRMSG_MAX];
   bool init_broken; /* initializer keeps failing */
+  /* shutdown(grace): running work may finish until grace_ns, then terminate */
+  bool shutting_down, shutdown_cancel;
+  uint64_t grace_ns;
+  int term_running, term_queued; /* codes for terminate (ETERMINATED/ECANCELLED or -EINTR) */
+  struct kill_req { pid_t pid; int sig; } kills[16];
+  int nkills;
+  _Atomic bool kill_flag;
 
   /* supervisor only */
   wslot_t *slots;
@@ -226,6 +236,10 @@ static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const s
   j->n = n;
   j->chunksize = chunksize ? chunksize : 1;
   if (cb) j->cb = *cb;
+  double soft = j->cb.soft_timeout != 0 ? j->cb.soft_timeout : p->opts.soft_timeout;
+  double hard = j->cb.timeout != 0 ? j->cb.timeout : p->opts.timeout;
+  j->soft_ns = soft > 0 ? (uint64_t)(soft * 1e9) : 0;
+  j->hard_ns = hard > 0 ? (uint64_t)(hard * 1e9) : 0;
   pthread_mutex_init(&j->mu, NULL);
   if (kind == JOB_IMAP && n) {
     j->order = malloc(n * sizeof(size_t));
@@ -294,6 +308,8 @@ static bool job_fail_range(carom_job_t *j, size_t first, size_t count, int code,
 
 static void job_finish(carom_pool_t *p, carom_job_t *j) {
   p->live_jobs--;
+  if (j->timeout_set_called && p->opts.on_timeout_cancel)
+    p->opts.on_timeout_cancel(j, p->opts.event_arg);
   if (j->first_error == 0) {
     if (j->cb.callback) j->cb.callback(j, j->cb.arg);
   } else if (j->cb.error_callback) {
@@ -515,6 +531,11 @@ static void job_accepted_by(carom_job_t *j, pid_t pid) {
   if (!j->accept_cb_done) {
     j->accept_cb_done = true;
     if (j->cb.accept_callback) j->cb.accept_callback(j, pid, j->cb.arg);
+    carom_pool_t *p = j->pool;
+    if ((j->soft_ns || j->hard_ns) && p->opts.on_timeout_set) {
+      j->timeout_set_called = true;
+      p->opts.on_timeout_set(j, j->soft_ns / 1e9, j->hard_ns / 1e9, p->opts.event_arg);
+    }
   }
 }
 
@@ -692,25 +713,37 @@ static void worker_gone(carom_pool_t *p, unsigned i) {
       /* Started: the items up to and including the running one died with it
        * (their results were not sent); the rest of the chunk runs again. */
       size_t ran = (size_t)item + 1 > f.count ? f.count : (size_t)item + 1;
-      int code = atomic_load(&j->term_sig) ? CAROM_ETERMINATED
-                 : pstate == POOL_TERMINATE ? CAROM_ETERMINATED
-                                            : CAROM_EWORKERLOST;
+      int code = w->hard_sent == f.seq + 1       ? CAROM_ETIMELIMIT
+                 : atomic_load(&j->term_sig) ? CAROM_ETERMINATED
+                 : pstate == POOL_TERMINATE  ? p->term_running
+                                             : CAROM_EWORKERLOST;
+      char tmsg[ERRMSG_MAX];
+      if (code == CAROM_ETIMELIMIT) {
+        snprintf(tmsg, sizeof tmsg, "time limit exceeded (%.3f s): worker pid %d killed",
+                 j->hard_ns / 1e9, (int)w->pid);
+        snprintf(msg, sizeof msg, "%s", tmsg);
+      } else if (code == -EINTR) {
+        snprintf(msg, sizeof msg, "interrupted (SIGINT): worker pid %d killed", (int)w->pid);
+      }
       bool fin = job_fail_range(j, f.first, ran, code, msg);
       if (ran < f.count) {
         if (pstate == POOL_TERMINATE || atomic_load(&j->cancel_req))
-          fin |= job_fail_range(j, f.first + ran, f.count - ran, CAROM_ECANCELLED, "cancelled");
+          fin |= job_fail_range(j, f.first + ran, f.count - ran,
+                                pstate == POOL_TERMINATE ? p->term_queued : CAROM_ECANCELLED,
+                                "cancelled");
         else
           job_redo(p, j, f.first + ran, f.count - ran);
       }
       if (fin) job_finish(p, j);
     } else if (pstate == POOL_TERMINATE) {
-      if (job_fail_range(j, f.first, f.count, CAROM_ECANCELLED, "pool terminated")) job_finish(p, j);
+      if (job_fail_range(j, f.first, f.count, p->term_queued, "pool terminated")) job_finish(p, j);
     } else {
       job_redo(p, j, f.first, f.count);
     }
   }
   w->sending = false;
   w->stop_sent = false;
+  w->soft_sent = w->hard_sent = 0;
   w->dead_since = 0;
   if (w->pidfd >= 0) {
     epoll_ctl(p->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
@@ -854,6 +887,96 @@ static void sweep_cancels(carom_pool_t *p) {
   }
 }
 
+/* Soft and hard limits of running messages. Returns the next expiry (ns), or
+ * UINT64_MAX when no limit is pending. */
+static uint64_t enforce_limits(carom_pool_t *p, uint64_t now) {
+  uint64_t next = UINT64_MAX;
+  for (unsigned i = 0; i < p->nslots; i++) {
+    wslot_t *w = &p->slots[i];
+    if (w->state != W_UP || !w->fifo_n || w->stop_sent) continue;
+    slot_t *s = pool_slot(p->shm, i);
+    uint64_t started = atomic_load_explicit(&s->started, memory_order_acquire);
+    if (started == 0) continue;
+    flight_t *f = NULL;
+    for (unsigned k = 0; k < w->fifo_n && !f; k++) {
+      flight_t *c = &w->fifo[(w->fifo_head + k) % w->fifo_cap];
+      if (c->seq + 1 == started) f = c;
+    }
+    if (!f) continue; /* the running message already reported */
+    carom_job_t *j = f->job;
+    if (!j->soft_ns && !j->hard_ns) continue;
+    /* started_ns is written before started (release), so it is current. */
+    uint64_t t0 = atomic_load_explicit(&s->started_ns, memory_order_relaxed);
+    if (j->hard_ns && w->hard_sent != f->seq + 1) {
+      uint64_t dl = t0 + j->hard_ns;
+      if (now >= dl) {
+        w->hard_sent = f->seq + 1;
+        tpl_req_t q = {TPL_KILL, i, w->pid, SIGKILL};
+        if (!p->tpl_dead) send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+        carom__warn("pool: job %llu exceeded its time limit (%.3f s); killing worker %d",
+                    (unsigned long long)j->id, j->hard_ns / 1e9, (int)w->pid);
+        if (j->cb.timeout_callback)
+          j->cb.timeout_callback(j, j->soft_ns / 1e9, j->hard_ns / 1e9, j->cb.arg);
+        continue;
+      }
+      if (dl < next) next = dl;
+    }
+    if (j->soft_ns && w->soft_sent != f->seq + 1) {
+      uint64_t dl = t0 + j->soft_ns;
+      if (now >= dl) {
+        w->soft_sent = f->seq + 1;
+        atomic_store_explicit(&s->soft_seq, f->seq + 1, memory_order_release);
+        if (w->pidfd < 0 || syscall(SYS_pidfd_send_signal, w->pidfd, SIGUSR1, NULL, 0) != 0)
+          kill(w->pid, SIGUSR1);
+      } else if (dl < next) {
+        next = dl;
+      }
+    }
+  }
+  return next;
+}
+
+/* Owner signals, when the pool was asked to handle them (one pool at a time). */
+static carom_pool_t *_Atomic sig_pool;
+static volatile sig_atomic_t sig_seen;
+static struct sigaction sig_old_int, sig_old_term;
+
+static void on_owner_signal(int sig) {
+  int saved = errno;
+  carom_pool_t *p = atomic_load(&sig_pool);
+  if (p) {
+    sig_seen |= sig == SIGINT ? CAROM_POOL_SIGINT_TERMINATE : CAROM_POOL_SIGTERM_SHUTDOWN;
+    uint64_t one = 1;
+    ssize_t w = write(p->evfd, &one, sizeof one);
+    (void)w;
+  }
+  errno = saved;
+}
+
+/* Terminate requests for single workers (carom_pool_terminate_job). */
+static void handle_kill_requests(carom_pool_t *p) {
+  struct kill_req reqs[16];
+  pthread_mutex_lock(&p->mu);
+  int n = p->nkills;
+  memcpy(reqs, p->kills, sizeof reqs);
+  p->nkills = 0;
+  atomic_store(&p->kill_flag, false);
+  pthread_mutex_unlock(&p->mu);
+  for (int r = 0; r < n; r++) {
+    for (unsigned i = 0; i < p->nslots; i++) {
+      wslot_t *w = &p->slots[i];
+      if (w->pid != reqs[r].pid || w->state != W_UP) continue;
+      uint64_t started = atomic_load(&pool_slot(p->shm, i)->started);
+      for (unsigned k = 0; k < w->fifo_n; k++) {
+        flight_t *f = &w->fifo[(w->fifo_head + k) % w->fifo_cap];
+        if (f->seq + 1 == started) atomic_store(&f->job->term_sig, reqs[r].sig);
+      }
+      tpl_req_t q = {TPL_KILL, i, w->pid, reqs[r].sig};
+      if (!p->tpl_dead) send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+    }
+  }
+}
+
 /* Ask every live worker to stop with sig (close: SIGTERM once idle;
  * terminate: SIGKILL). The template reports each exit. */
 static void stop_workers(carom_pool_t *p, int sig) {
@@ -890,10 +1013,40 @@ static void *supervisor(void *arg) {
     }
     progress |= dispatch(p);
 
-    pthread_mutex_lock(&p->mu);
-    int pstate = p->state;
-    pthread_mutex_unlock(&p->mu);
     uint64_t now = carom_now_ns();
+    uint64_t next_limit = enforce_limits(p, now);
+    if (atomic_load_explicit(&p->kill_flag, memory_order_acquire)) handle_kill_requests(p);
+    if (atomic_load(&sig_pool) == p && sig_seen) {
+      int seen = sig_seen;
+      sig_seen = 0;
+      pthread_mutex_lock(&p->mu);
+      if (seen & CAROM_POOL_SIGINT_TERMINATE) {
+        carom__warn("pool: SIGINT: terminating");
+        p->state = POOL_TERMINATE;
+        p->term_running = p->term_queued = -EINTR;
+      } else if (p->state == POOL_RUN) {
+        carom__warn("pool: SIGTERM: shutting down with %.3f s of grace", p->opts.sigterm_grace);
+        p->state = POOL_CLOSE;
+        p->shutting_down = p->shutdown_cancel = true;
+        p->grace_ns = now + (uint64_t)(p->opts.sigterm_grace * 1e9);
+      }
+      pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_lock(&p->mu);
+    if (p->shutting_down && p->state == POOL_CLOSE && now >= p->grace_ns)
+      p->state = POOL_TERMINATE; /* grace is over: kill what still runs */
+    int pstate = p->state;
+    bool cancel_queued = p->shutting_down && p->shutdown_cancel;
+    uint64_t grace = p->shutting_down ? p->grace_ns : UINT64_MAX;
+    pthread_mutex_unlock(&p->mu);
+    if (cancel_queued) {
+      while (p->pend_head) {
+        carom_job_t *j = p->pend_head;
+        pend_pop(p);
+        job_cancel_rest(p, j, CAROM_ECANCELLED, "pool shut down");
+      }
+    }
+    if (grace < next_limit) next_limit = grace;
 
     /* Lifecycle: (re)spawn while there is a reason to, stop when done. */
     bool work_left = p->pend_head || p->live_jobs;
@@ -908,14 +1061,16 @@ static void *supervisor(void *arg) {
       }
       /* Exit seen through the pidfd but no status from the template: give it
        * 200 ms, then account for the worker without one. */
-      if (!down && w->dead_since && now - w->dead_since > 200000000ull) worker_gone(p, i);
+      uint64_t lost_ns = p->opts.lost_worker_timeout > 0
+                             ? (uint64_t)(p->opts.lost_worker_timeout * 1e9) : 200000000ull;
+      if (!down && w->dead_since && now - w->dead_since > lost_ns) worker_gone(p, i);
       all_down &= w->state == W_EMPTY || w->state == W_DEAD;
     }
     if (pstate == POOL_TERMINATE) {
       while (p->pend_head) {
         carom_job_t *j = p->pend_head;
         pend_pop(p);
-        job_cancel_rest(p, j, CAROM_ECANCELLED, "pool terminated");
+        job_cancel_rest(p, j, p->term_queued, "pool terminated");
       }
       stop_workers(p, SIGKILL);
       if (all_down) break;
@@ -946,6 +1101,10 @@ static void *supervisor(void *arg) {
         ready |= w->fifo_n && atomic_load(&pool_slot(p->shm, i)->started) > w->acc;
       }
       timeout = ready ? 0 : 100;
+      if (next_limit != UINT64_MAX) {
+        int64_t ms = ((int64_t)next_limit - (int64_t)now + 999999) / 1000000;
+        if (ms < timeout) timeout = ms < 0 ? 0 : (int)ms;
+      }
       for (unsigned i = 0; i < p->nslots; i++) {
         wslot_t *w = &p->slots[i];
         if (w->dead_since) timeout = timeout > 20 ? 20 : timeout;
@@ -1053,6 +1212,8 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   p->nslots = (unsigned)o.processes;
   p->owner = carom__self_pid();
   p->evfd = p->sock = p->epfd = p->tpl_pidfd = -1;
+  p->term_running = CAROM_ETERMINATED;
+  p->term_queued = CAROM_ECANCELLED;
   pthread_mutex_init(&p->mu, NULL);
   int rc = -ENOMEM;
   p->slots = calloc(p->nslots, sizeof *p->slots);
@@ -1135,6 +1296,20 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
     goto fail;
   }
   p->sup_started = true;
+  if (o.signals) {
+    carom_pool_t *none = NULL;
+    if (!atomic_compare_exchange_strong(&sig_pool, &none, p)) {
+      carom__warn("pool: another pool already handles SIGINT/SIGTERM; not installing");
+    } else {
+      struct sigaction sa;
+      memset(&sa, 0, sizeof sa);
+      sa.sa_handler = on_owner_signal;
+      sa.sa_flags = SA_RESTART;
+      sigemptyset(&sa.sa_mask);
+      if (o.signals & CAROM_POOL_SIGINT_TERMINATE) sigaction(SIGINT, &sa, &sig_old_int);
+      if (o.signals & CAROM_POOL_SIGTERM_SHUTDOWN) sigaction(SIGTERM, &sa, &sig_old_term);
+    }
+  }
   *out = p;
   return 0;
 fail:
@@ -1398,6 +1573,39 @@ int carom_pool_terminate(carom_pool_t *p) {
   return wait_supervisor(p, NULL);
 }
 
+int carom_pool_shutdown(carom_pool_t *p, const struct timespec *grace, bool cancel_pending) {
+  if (!p) return -EINVAL;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  pthread_mutex_lock(&p->mu);
+  if (p->state == POOL_RUN || p->state == POOL_CLOSE) {
+    if (p->state == POOL_RUN) p->state = POOL_CLOSE;
+    uint64_t g = grace ? carom__ts_ns(grace) : UINT64_MAX;
+    if (!p->shutting_down || g < p->grace_ns) p->grace_ns = g;
+    p->shutting_down = true;
+    p->shutdown_cancel |= cancel_pending;
+  }
+  pthread_mutex_unlock(&p->mu);
+  sup_wake(p);
+  return wait_supervisor(p, NULL);
+}
+
+int carom_pool_terminate_job(carom_pool_t *p, pid_t pid, int sig) {
+  if (!p || sig <= 0 || sig >= NSIG) return -EINVAL;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  bool found = false;
+  for (unsigned i = 0; i < p->nslots; i++)
+    found |= pid > 0 && atomic_load(&pool_slot(p->shm, i)->pid) == pid;
+  if (!found) return -ESRCH;
+  pthread_mutex_lock(&p->mu);
+  int rc = 0;
+  if (p->nkills == (int)(sizeof p->kills / sizeof p->kills[0])) rc = -EAGAIN;
+  else p->kills[p->nkills++] = (struct kill_req){pid, sig};
+  atomic_store(&p->kill_flag, true);
+  pthread_mutex_unlock(&p->mu);
+  sup_wake(p);
+  return rc;
+}
+
 int carom_pool_join(carom_pool_t *p, const struct timespec *deadline) {
   if (!p) return -EINVAL;
   if (!pool_mine(p)) return CAROM_EFORKED;
@@ -1421,6 +1629,11 @@ int carom_pool_workers(carom_pool_t *p, pid_t *pids, int max) {
 
 void carom_pool_free(carom_pool_t *p) {
   if (!p) return;
+  carom_pool_t *me = p;
+  if (atomic_compare_exchange_strong(&sig_pool, &me, NULL)) {
+    if (p->opts.signals & CAROM_POOL_SIGINT_TERMINATE) sigaction(SIGINT, &sig_old_int, NULL);
+    if (p->opts.signals & CAROM_POOL_SIGTERM_SHUTDOWN) sigaction(SIGTERM, &sig_old_term, NULL);
+  }
   if (pool_mine(p)) {
     if (p->sup_started) {
       pthread_mutex_lock(&p->mu);

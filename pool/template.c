@@ -13,6 +13,8 @@
 #include "pool/internal.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -59,8 +61,31 @@ static void kill_all(void) {
   }
 }
 
-/* Reap every exited worker: peek without reaping, kill the worker's group
- * while its pid cannot be reused, then reap and report. */
+/* Kill every child that is not a worker: with the workers as subreapers, such
+ * a child can only be a descendant of a worker that has ended, re-parented to
+ * us (we are a subreaper too). */
+static void kill_orphans(void) {
+  char path[64], buf[4096];
+  snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return;
+  buf[n] = 0;
+  for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+    pid_t pid = (pid_t)atoi(tok);
+    bool worker = false;
+    for (int i = 0; i < nkids; i++) worker |= kids[i] == pid;
+    if (!worker && pid > 0) {
+      kill(-pid, SIGKILL);
+      kill(pid, SIGKILL);
+    }
+  }
+}
+
+/* Reap every exited child: peek without reaping, kill a worker's group while
+ * its pid cannot be reused, then reap and report workers. */
 static void reap(int sock, bool report) {
   for (;;) {
     siginfo_t info;
@@ -77,11 +102,14 @@ static void reap(int sock, bool report) {
       kid_slot[i] = kid_slot[nkids];
       break;
     }
+    /* A worker or an adopted orphan ended: its descendants are ours now. */
+    kill_orphans();
   }
 }
 
 void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_cfg *cfg) {
   prctl(PR_SET_NAME, "carom-template");
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
   setpgid(0, 0);
   signal(SIGINT, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);

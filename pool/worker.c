@@ -15,13 +15,39 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 
 struct carom_task_ctx {
   char *buf; /* result bytes of the running item */
   size_t len, cap;
   char err[ERRMSG_MAX];
   bool has_err;
+  slot_t *slot;
+  uint64_t seq; /* the running message */
+  void (*volatile hook)(void *);
+  void *volatile hook_arg;
 };
+
+/* The worker's one task context, for the SIGUSR1 (soft limit) handler. */
+static carom_task_ctx_t *volatile soft_ctx;
+
+static void on_sigusr1(int sig) {
+  (void)sig;
+  int saved = errno;
+  carom_task_ctx_t *c = soft_ctx;
+  if (c && c->hook) c->hook(c->hook_arg);
+  errno = saved;
+}
+
+bool carom_task_soft_expired(carom_task_ctx_t *ctx) {
+  return atomic_load_explicit(&ctx->slot->soft_seq, memory_order_relaxed) == ctx->seq + 1;
+}
+
+void carom_task_on_soft_timeout(carom_task_ctx_t *ctx, void (*hook)(void *), void *arg) {
+  ctx->hook = NULL;
+  ctx->hook_arg = arg;
+  ctx->hook = hook;
+}
 
 typedef struct {
   char *p;
@@ -152,6 +178,13 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
   const carom_pool_opts_t *o = cfg->opts;
 
   reset_signals(o->catch_sigint);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigusr1;
+  sigaction(SIGUSR1, &sa, NULL); /* no SA_RESTART: a soft limit interrupts blocking calls */
+  /* Orphans of what tasks start are re-parented here, not to init, so they
+   * die with the worker (the template kills whatever it inherits). */
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
   /* Own process group: the terminal's SIGINT does not reach it, and a hard
    * kill can take the worker's descendants with it. */
   setpgid(0, 0);
@@ -172,7 +205,8 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
   msg_t ready = {.kind = MSG_READY, .job_id = 0, .count = 0};
   send_up(up, h, cfg->evfd, &ready, sizeof ready);
 
-  carom_task_ctx_t ctx = {0};
+  carom_task_ctx_t ctx = {.slot = slot};
+  soft_ctx = &ctx;
   gbuf_t in = {0}, out = {0};
   unsigned done_msgs = 0;
   for (;;) {
@@ -205,7 +239,10 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     const uint32_t *lens = (const uint32_t *)(msg + sizeof hdr);
     const char *item = msg + sizeof hdr + (((size_t)hdr.count * 4 + 7) & ~(size_t)7);
 
+    ctx.seq = hdr.seq;
+    ctx.hook = NULL;
     atomic_store_explicit(&slot->item, 0, memory_order_relaxed);
+    atomic_store_explicit(&slot->started_ns, carom_now_ns(), memory_order_relaxed);
     atomic_store_explicit(&slot->started, hdr.seq + 1, memory_order_release);
     bool skip = atomic_load_explicit(&slot->cancel[hdr.seq % CANCEL_RING],
                                      memory_order_acquire) == hdr.seq + 1;
@@ -230,6 +267,13 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
       const char *src = ctx.buf;
       size_t n = ctx.len;
       if (code > 0) code = 0;
+      if (code < 0 && code != CAROM_ECANCELLED && carom_task_soft_expired(&ctx)) {
+        char why[ERRMSG_MAX];
+        snprintf(why, sizeof why, "%s", ctx.has_err ? ctx.err : carom_strerror(code));
+        snprintf(ctx.err, sizeof ctx.err, "soft time limit exceeded (%.200s)", why);
+        ctx.has_err = true;
+        code = CAROM_ESOFTTIMELIMIT;
+      }
       if (code < 0) {
         if (!ctx.has_err) snprintf(ctx.err, sizeof ctx.err, "%s", carom_strerror(code));
         src = ctx.err;
@@ -244,7 +288,11 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     msg_t rh = {.job_id = hdr.job_id, .first = hdr.first, .kind = MSG_RESULT,
                 .count = hdr.count, .seq = hdr.seq};
     memcpy(out.p, &rh, sizeof rh);
+    ctx.hook = NULL;
     send_up(up, h, cfg->evfd, out.p, out.len);
+    /* Reap what tasks left behind (we are their subreaper). */
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
     if (zero_copy) {
       chan_consume(down, f);
       space_freed(down, h, cfg->evfd);

@@ -61,6 +61,17 @@ CAROM_EXTERN int carom_task_return(carom_task_ctx_t *ctx, const void *data, size
  * be negative. */
 CAROM_EXTERN int carom_task_fail(carom_task_ctx_t *ctx, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* True once the running task's soft time limit has expired. Cheap (one load
+ * from shared memory): poll it in long loops and finish early. A task that
+ * then fails (returns a negative code) fails with CAROM_ESOFTTIMELIMIT; one
+ * that returns 0 succeeds with what it returned. */
+CAROM_EXTERN bool carom_task_soft_expired(carom_task_ctx_t *ctx);
+/* Register a hook run when the soft limit expires (from the worker's SIGUSR1
+ * handler: it must be async-signal-safe, e.g. set a flag or write to a pipe).
+ * Valid for the running task only. The signal also interrupts blocking system
+ * calls with EINTR. */
+CAROM_EXTERN void carom_task_on_soft_timeout(carom_task_ctx_t *ctx, void (*hook)(void *arg),
+                                             void *arg);
 
 /* ------------------------------------------------------------------ pool */
 
@@ -95,6 +106,29 @@ typedef struct {
   unsigned prefetch;            /* messages queued per worker beyond the running one; default 1 */
   size_t channel_bytes;         /* shared-memory channel size per direction per worker; default 1 MiB */
   bool catch_sigint;            /* false (default): workers ignore SIGINT */
+  /* Time limits for every task, in seconds, counted from the moment a worker
+   * starts the task (0 = none). Per-task values in carom_submit_opts_t win.
+   * soft: the worker gets SIGUSR1 and carom_task_soft_expired() turns true.
+   * hard: the worker and every process it started are SIGKILLed; the task
+   * fails with CAROM_ETIMELIMIT; the worker is replaced. Both are enforced
+   * within a few ms of expiry. For map/imap a limit applies to each chunk. */
+  double soft_timeout;
+  double timeout;
+  /* How long to wait for a dead worker's exit status from the template before
+   * accounting for it without one (default 0.2 s). Results a worker published
+   * before dying are always delivered. */
+  double lost_worker_timeout;
+  /* Called on the supervisor thread when a started task has limits, and when
+   * a task that had limits ends. */
+  void (*on_timeout_set)(carom_job_t *job, double soft, double hard, void *arg);
+  void (*on_timeout_cancel)(carom_job_t *job, void *arg);
+  /* Owner signals (installed process-wide, only when asked):
+   * CAROM_POOL_SIGINT_TERMINATE: SIGINT terminates the pool; jobs end -EINTR.
+   * CAROM_POOL_SIGTERM_SHUTDOWN: SIGTERM shuts the pool down with
+   * `sigterm_grace` seconds of grace (queued jobs cancelled). The previous
+   * handlers are restored by carom_pool_free. */
+  unsigned signals;
+  double sigterm_grace;
   /* Events, called on the supervisor thread. */
   void (*on_process_up)(pid_t pid, void *arg);
   void (*on_process_down)(const carom_worker_exit_t *exit, void *arg);
@@ -112,12 +146,25 @@ CAROM_EXTERN int carom_pool_close(carom_pool_t *pool);
  * CAROM_ECANCELLED, running ones CAROM_ETERMINATED. Returns once all workers are
  * reaped. */
 CAROM_EXTERN int carom_pool_terminate(carom_pool_t *pool);
+/* Bounded shutdown: stop accepting; queued tasks end CAROM_ECANCELLED now
+ * (cancel_pending) or when the grace ends; running tasks may finish until
+ * `grace` (an absolute deadline; NULL: no bound; past: none), then their
+ * workers are killed and they end CAROM_ETERMINATED. Returns once every worker
+ * is reaped: within grace + about 1 s. The four cases of deadpool's
+ * shutdown(wait, cancel_futures): (NULL, false) = close + join; (NULL, true)
+ * = cancel queued, wait for running; (past, false) and (past, true) =
+ * terminate now. */
+CAROM_EXTERN int carom_pool_shutdown(carom_pool_t *pool, const struct timespec *grace,
+                                     bool cancel_pending);
 /* Wait until a closed or terminated pool has finished its work and its
  * workers have exited. -EINVAL if the pool is still open; -ETIMEDOUT. */
 CAROM_EXTERN int carom_pool_join(carom_pool_t *pool, const struct timespec *deadline);
 /* Terminate (if needed), join, release everything. Accepts NULL. Job handles
  * the caller still holds stay valid (their jobs ended) until released. */
 CAROM_EXTERN void carom_pool_free(carom_pool_t *pool);
+/* Kill the worker with this pid (signal sig) as carom_job_terminate does for
+ * the job it runs (billiard's terminate_job). -ESRCH if it is not a worker. */
+CAROM_EXTERN int carom_pool_terminate_job(carom_pool_t *pool, pid_t pid, int sig);
 /* Worker pids currently alive; returns how many (up to max written). */
 CAROM_EXTERN int carom_pool_workers(carom_pool_t *pool, pid_t *pids, int max);
 
@@ -131,7 +178,14 @@ typedef struct {
   void (*error_callback)(carom_job_t *job, int code, void *arg);
   void (*accept_callback)(carom_job_t *job, pid_t pid, void *arg);
   void *arg;
+  /* Per-task limits in seconds (0: the pool's); negative: no limit. */
+  double soft_timeout;
+  double timeout;
+  /* Called on the supervisor thread when the hard limit kills this task. */
+  void (*timeout_callback)(carom_job_t *job, double soft, double hard, void *arg);
 } carom_submit_opts_t;
+
+enum { CAROM_POOL_SIGINT_TERMINATE = 1, CAROM_POOL_SIGTERM_SHUTDOWN = 2 };
 
 /* Run fn(arg) in a worker and wait for it. On success 0 and, when result is
  * not NULL, *result = malloc'd bytes (free() them) and *result_len. On
