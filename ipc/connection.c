@@ -18,8 +18,9 @@
  * side broken (send_broken) and shuts the write side down, so the peer sees
  * EOF rather than a frame with a wrong tail.
  *
- * fds are never O_NONBLOCK for sockets (MSG_DONTWAIT per call); pipe ends are
- * O_NONBLOCK because read/write have no per-call flag. Waiting is ppoll with
+ * Sockets stay in blocking mode (MSG_DONTWAIT per call when a deadline is
+ * set); a pipe's write end is O_NONBLOCK because write() has no per-call
+ * flag, its read end blocks in read() unless a deadline asks for ppoll first. Waiting is ppoll with
  * the time left until the caller's absolute deadline, recomputed after every
  * EINTR.
  */
@@ -119,7 +120,15 @@ int carom_conn_create_pipe(int duplex, const carom_conn_opts_t *opts, carom_conn
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == -1) return -errno;
     fa = fb = CAROM__C_READABLE | CAROM__C_WRITABLE | CAROM__C_SOCKET | CAROM__C_UNIX;
   } else {
-    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) == -1) return -errno;
+    if (pipe2(fds, O_CLOEXEC) == -1) return -errno;
+    /* Only the write end needs O_NONBLOCK (a bounded write); the read end
+     * blocks in read() when there is no deadline. */
+    if (fcntl(fds[1], F_SETFL, O_NONBLOCK) == -1) {
+      int e = errno;
+      close(fds[0]);
+      close(fds[1]);
+      return -e;
+    }
     fa = CAROM__C_READABLE;
     fb = CAROM__C_WRITABLE;
   }
@@ -160,8 +169,8 @@ int carom_conn_create_fd(int fd, int readable, int writable, const carom_conn_op
       return -EINVAL;
     }
     flags |= CAROM__C_SOCKET | (dom == AF_UNIX ? CAROM__C_UNIX : 0);
-  } else {
-    /* read()/write() have no per-call non-blocking flag. */
+  } else if (writable) {
+    /* write() has no per-call non-blocking flag; a bounded send needs it. */
     int fl = fcntl(fd, F_GETFL);
     if (fl != -1 && !(fl & O_NONBLOCK)) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
   }
@@ -222,6 +231,7 @@ static void take_fds(carom_conn_t *c, struct msghdr *mh) {
 static ssize_t io_read(carom_conn_t *c, void *buf, size_t n, const struct timespec *deadline) {
   /* A socket with no deadline can sleep inside recv(): one syscall. */
   bool block = !deadline && !(c->flags & CAROM__C_NONBLOCK);
+  static const struct timespec zero = {0, 0};
   for (;;) {
     ssize_t r;
     if (c->flags & CAROM__C_UNIX) {
@@ -237,6 +247,15 @@ static ssize_t io_read(carom_conn_t *c, void *buf, size_t n, const struct timesp
     } else if (c->flags & CAROM__C_SOCKET) {
       r = recv(c->fd, buf, n, block ? 0 : MSG_DONTWAIT);
     } else {
+      /* Pipe read ends stay in blocking mode (one read() per wake-up, as a
+       * raw pipe reader); with a deadline, wait for POLLIN first. A fd that
+       * is O_NONBLOCK anyway (a write end, a FIFO opened O_RDWR) returns
+       * EAGAIN below and takes the poll path. */
+      if (!block) {
+        int p = carom__poll_fd(c->fd, POLLIN, (c->flags & CAROM__C_NONBLOCK) ? &zero : deadline);
+        if (p == 0) return (c->flags & CAROM__C_NONBLOCK) ? -EAGAIN : -ETIMEDOUT;
+        if (p < 0) return p;
+      }
       r = read(c->fd, buf, n);
     }
     if (r > 0) return r;
