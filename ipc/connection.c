@@ -427,7 +427,7 @@ ssize_t carom__conn_recv_into(carom_conn_t *c, void *buf, size_t buflen, size_t 
     if (needed) *needed = (size_t)m.len;
     return CAROM_ETOOSHORT;
   }
-  memcpy(buf, m.p, (size_t)m.len);
+  if (m.len) memcpy(buf, m.p, (size_t)m.len);
   consume(c, &m);
   return (ssize_t)m.len;
 }
@@ -435,7 +435,8 @@ ssize_t carom__conn_recv_into(carom_conn_t *c, void *buf, size_t buflen, size_t 
 ssize_t carom_conn_recv_bytes_into(carom_conn_t *c, void *buf, size_t buflen, size_t offset,
                                    size_t *needed, const struct timespec *deadline) {
   if (!c || (!buf && buflen) || offset > buflen) return -EINVAL;
-  return carom__conn_recv_into(c, (uint8_t *)buf + offset, buflen - offset, 0, needed, deadline);
+  uint8_t *p = buf ? (uint8_t *)buf + offset : NULL;
+  return carom__conn_recv_into(c, p, buflen - offset, 0, needed, deadline);
 }
 
 bool carom__conn_has_message(const carom_conn_t *c) {
@@ -557,7 +558,7 @@ static int send_frame(carom_conn_t *c, const void *p, size_t n, int pass_fd,
 int carom_conn_send_bytes(carom_conn_t *c, const void *buf, size_t buflen, size_t offset,
                           size_t size, const struct timespec *deadline) {
   if (!c || (!buf && buflen) || offset > buflen || size > buflen - offset) return -EINVAL;
-  return send_frame(c, (const uint8_t *)buf + offset, size, -1, deadline);
+  return send_frame(c, size ? (const uint8_t *)buf + offset : NULL, size, -1, deadline);
 }
 
 /* ---- fd passing ---- */
