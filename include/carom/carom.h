@@ -6,5 +6,6 @@
 #include "carom/sync.h"
 #include "carom/shm.h"
 #include "carom/pool.h"
+#include "carom/connection.h"
 
 #endif
