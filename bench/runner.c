@@ -6,10 +6,11 @@
  * and followed by {"ratio": ...} lines.
  *
  * Usage: carom-bench [--quick] [--json] [--reps N] [--group G]... [--threads N]
- *                    [--budget S] [--list] [PATTERN...]
+ *                    [--budget S] [--json-out FILE] [--list] [PATTERN...]
  *   --group G    run only benchmarks whose group is exactly G (repeatable)
  *   PATTERN      run only benchmarks whose group or name contains PATTERN
  *   --threads N  largest thread/process count benchmarks scale to (default nproc)
+ *   --json-out F also write the JSON lines to file F (the table still prints)
  *   --budget S   seconds one benchmark may take over all its repetitions; the
  *                runner stops repeating it once spent (default 3 under --quick,
  *                unbounded otherwise). At least one repetition always runs.
@@ -45,6 +46,7 @@ typedef struct {
 
 typedef struct {
   char *name;
+  const char *group; /* of the benchmark that first reported it */
   char *unit;
   char *params;
   char *skip;
@@ -310,38 +312,39 @@ static bool selected(const entry_t *e, int npat, char **pat, int ngroup, char **
 }
 
 /* JSON string: escapes quotes, backslashes and every control character. */
-static void json_str(const char *s) {
-  putchar('"');
+static void json_str(FILE *o, const char *s) {
+  fputc('"', o);
   for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
     switch (*c) {
-    case '"': fputs("\\\"", stdout); break;
-    case '\\': fputs("\\\\", stdout); break;
-    case '\n': fputs("\\n", stdout); break;
-    case '\r': fputs("\\r", stdout); break;
-    case '\t': fputs("\\t", stdout); break;
+    case '"': fputs("\\\"", o); break;
+    case '\\': fputs("\\\\", o); break;
+    case '\n': fputs("\\n", o); break;
+    case '\r': fputs("\\r", o); break;
+    case '\t': fputs("\\t", o); break;
     default:
-      if (*c < 0x20 || *c == 0x7f) printf("\\u%04x", *c);
-      else putchar(*c);
+      if (*c < 0x20 || *c == 0x7f) fprintf(o, "\\u%04x", *c);
+      else fputc(*c, o);
     }
   }
-  putchar('"');
+  fputc('"', o);
 }
 
 /* JSON has no inf/nan: print null for them. */
-static void json_num(double v) {
-  if (isfinite(v)) printf("%.6g", v);
-  else fputs("null", stdout);
+static void json_num(FILE *o, double v) {
+  if (isfinite(v)) fprintf(o, "%.6g", v);
+  else fputs("null", o);
 }
 
 static void usage(const char *argv0) {
   fprintf(stderr,
           "usage: %s [--quick] [--json] [--reps N] [--group G]... [--threads N]\n"
-          "          [--budget SECONDS] [--list] [PATTERN...]\n",
+          "          [--budget SECONDS] [--json-out FILE] [--list] [PATTERN...]\n",
           argv0);
 }
 
 int main(int argc, char **argv) {
   bool quick = false, json = false, list = false;
+  const char *json_out = NULL;
   int reps = 0, threads = 0;
   double budget = -1;
   char **pat = xrealloc(NULL, sizeof(char *) * (size_t)(argc + 1));
@@ -357,6 +360,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--threads") && has) threads = atoi(argv[++i]);
     else if (!strcmp(a, "--budget") && has) budget = atof(argv[++i]);
     else if (!strcmp(a, "--group") && has) grp[ngrp++] = argv[++i];
+    else if (!strcmp(a, "--json-out") && has) json_out = argv[++i];
     else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(argv[0]);
       return 0;
@@ -379,22 +383,36 @@ int main(int argc, char **argv) {
   /* A peer that dies must not take the runner with it through SIGPIPE. */
   signal(SIGPIPE, SIG_IGN);
 
+  FILE *jo = NULL; /* JSON goes here: stdout (--json) or --json-out FILE */
+  if (json_out) {
+    jo = fopen(json_out, "we");
+    if (!jo) {
+      fprintf(stderr, "carom-bench: %s: %s\n", json_out, strerror(errno));
+      return 2;
+    }
+  } else if (json) {
+    jo = stdout;
+  }
+  bool table = !json;
+
   char cpu[256];
   cpu_model(cpu, sizeof cpu);
   struct utsname u;
   uname(&u);
-  if (json) {
-    printf("{\"machine\": {\"cpu\": ");
-    json_str(cpu);
-    printf(", \"nproc\": %ld, \"kernel\": ", nproc);
-    json_str(u.release);
-    printf(", \"reps\": %d, \"quick\": %s, \"threads\": %d, \"budget_s\": %g}}\n", reps,
-           quick ? "true" : "false", threads, budget);
-  } else {
+  if (jo) {
+    fprintf(jo, "{\"machine\": {\"cpu\": ");
+    json_str(jo, cpu);
+    fprintf(jo, ", \"nproc\": %ld, \"kernel\": ", nproc);
+    json_str(jo, u.release);
+    fprintf(jo, ", \"reps\": %d, \"quick\": %s, \"threads\": %d, \"budget_s\": %g}}\n", reps,
+            quick ? "true" : "false", threads, budget);
+    fflush(jo);
+  }
+  if (table) {
     printf("carom-bench: %s, nproc %ld, Linux %s, %d repetitions%s, up to %d threads\n", cpu,
            nproc, u.release, reps, quick ? " (quick)" : "", threads);
+    fflush(stdout);
   }
-  fflush(stdout);
 
   uint64_t suite0 = bench_now_ns();
   for (int i = 0; i < n_entries; i++) {
@@ -405,6 +423,7 @@ int main(int argc, char **argv) {
                        .max_threads = threads,
                        .budget_ns = (uint64_t)(budget * 1e9),
                        .start_ns = t0};
+    int first = n_figures;
     int r = 0;
     for (; r < reps; r++) {
       ctx.rep = r;
@@ -414,81 +433,87 @@ int main(int argc, char **argv) {
         break;
       }
     }
+    for (int k = first; k < n_figures; k++) figures[k].group = entries[i].group;
     fprintf(stderr, "  %-40s %d rep%s, %.2f s\n", entries[i].name, r, r == 1 ? "" : "s",
             (double)(bench_now_ns() - t0) / 1e9);
   }
   double suite_s = (double)(bench_now_ns() - suite0) / 1e9;
 
-  if (json) {
+  if (jo) {
     for (int i = 0; i < n_figures; i++) {
       figure_t *f = &figures[i];
-      printf("{\"name\": ");
-      json_str(f->name);
+      fprintf(jo, "{\"name\": ");
+      json_str(jo, f->name);
       if (f->n == 0) {
-        printf(", \"value\": null, \"skipped\": ");
-        json_str(f->skip ? f->skip : "not measured");
-        printf("}\n");
+        fprintf(jo, ", \"value\": null, \"skipped\": ");
+        json_str(jo, f->skip ? f->skip : "not measured");
+        fprintf(jo, "}\n");
         continue;
       }
-      printf(", \"value\": ");
-      json_num(median(f));
-      printf(", \"min\": ");
-      json_num(vmin(f));
-      printf(", \"max\": ");
-      json_num(vmax(f));
-      printf(", \"unit\": ");
-      json_str(f->unit);
-      printf(", \"reps\": %d, \"params\": %s}\n", f->n, f->params);
+      fprintf(jo, ", \"value\": ");
+      json_num(jo, median(f));
+      fprintf(jo, ", \"min\": ");
+      json_num(jo, vmin(f));
+      fprintf(jo, ", \"max\": ");
+      json_num(jo, vmax(f));
+      fprintf(jo, ", \"unit\": ");
+      json_str(jo, f->unit);
+      fprintf(jo, ", \"reps\": %d, \"params\": %s}\n", f->n, f->params);
     }
-  } else {
-    int w = 6;
-    for (int i = 0; i < n_figures; i++) {
-      int l = (int)strlen(figures[i].name);
-      w = l > w ? l : w;
-    }
-    for (int i = 0; i < n_ratios; i++) {
-      int l = (int)strlen(ratios[i].label);
-      w = l > w ? l : w;
-    }
-    printf("\n%-*s %12s %12s %12s  %s\n", w, "figure", "median", "min", "max", "unit");
-    for (int i = 0; i < n_figures; i++) {
-      figure_t *f = &figures[i];
-      if (f->n == 0) {
-        printf("%-*s %12s  (%s)\n", w, f->name, "-", f->skip ? f->skip : "not measured");
-        continue;
-      }
-      printf("%-*s %12.4g %12.4g %12.4g  %s\n", w, f->name, median(f), vmin(f), vmax(f),
-             f->unit);
-    }
-    int shown = 0;
     for (int i = 0; i < n_ratios; i++) {
       figure_t *a = figure_find(ratios[i].num), *b = figure_find(ratios[i].den);
       if (!a || !b) continue;
-      if (!shown++) printf("\n%-*s %12s\n", w, "ratio (medians)", "value");
-      if (a->n == 0 || b->n == 0) {
-        const figure_t *m = a->n == 0 ? a : b;
-        printf("%-*s %12s  (%s: %s)\n", w, ratios[i].label, "-", m->name,
-               m->skip ? m->skip : "not measured");
-        continue;
-      }
-      printf("%-*s %12.3f\n", w, ratios[i].label, median(a) / median(b));
+      fprintf(jo, "{\"ratio\": ");
+      json_str(jo, ratios[i].label);
+      fprintf(jo, ", \"value\": ");
+      if (a->n && b->n) json_num(jo, median(a) / median(b));
+      else fputs("null", jo);
+      fprintf(jo, ", \"num\": ");
+      json_str(jo, ratios[i].num);
+      fprintf(jo, ", \"den\": ");
+      json_str(jo, ratios[i].den);
+      fprintf(jo, "}\n");
     }
-    printf("\nsuite time %.1f s\n", suite_s);
-    return 0;
+    if (jo != stdout) fclose(jo);
   }
+  if (!table) return 0;
+
+  int w = 6;
+  for (int i = 0; i < n_figures; i++) {
+    int l = (int)strlen(figures[i].name);
+    w = l > w ? l : w;
+  }
+  for (int i = 0; i < n_ratios; i++) {
+    int l = (int)strlen(ratios[i].label);
+    w = l > w ? l : w;
+  }
+  printf("\n%-*s %12s %12s %12s  %s\n", w, "figure", "median", "min", "max", "unit");
+  const char *group = NULL;
+  for (int i = 0; i < n_figures; i++) {
+    figure_t *f = &figures[i];
+    if (f->group && (!group || strcmp(group, f->group))) {
+      group = f->group;
+      printf("-- %s\n", group);
+    }
+    if (f->n == 0) {
+      printf("%-*s %12s  (%s)\n", w, f->name, "-", f->skip ? f->skip : "not measured");
+      continue;
+    }
+    printf("%-*s %12.4g %12.4g %12.4g  %s\n", w, f->name, median(f), vmin(f), vmax(f), f->unit);
+  }
+  int shown = 0;
   for (int i = 0; i < n_ratios; i++) {
     figure_t *a = figure_find(ratios[i].num), *b = figure_find(ratios[i].den);
     if (!a || !b) continue;
-    printf("{\"ratio\": ");
-    json_str(ratios[i].label);
-    printf(", \"value\": ");
-    if (a->n && b->n) json_num(median(a) / median(b));
-    else fputs("null", stdout);
-    printf(", \"num\": ");
-    json_str(ratios[i].num);
-    printf(", \"den\": ");
-    json_str(ratios[i].den);
-    printf("}\n");
+    if (!shown++) printf("\n%-*s %12s\n", w, "ratio (medians)", "value");
+    if (a->n == 0 || b->n == 0) {
+      const figure_t *m = a->n == 0 ? a : b;
+      printf("%-*s %12s  (%s: %s)\n", w, ratios[i].label, "-", m->name,
+             m->skip ? m->skip : "not measured");
+      continue;
+    }
+    printf("%-*s %12.3f\n", w, ratios[i].label, median(a) / median(b));
   }
+  printf("\nsuite time %.1f s\n", suite_s);
   return 0;
 }
