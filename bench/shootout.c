@@ -387,9 +387,13 @@ static int cmp_u64(const void *x, const void *y) {
   return (a > b) - (a < b);
 }
 
-/* Fills p50/p99 (ns per round trip); returns 0 or init's negative errno. */
+/* Fills p50/p99 (ns per round trip) over up to `rounds` round trips, fewer
+ * (at least 100) when max_ns runs out first: on an oversubscribed machine a
+ * round trip can cost a scheduler time slice. *rounds_out says how many.
+ * Returns 0 or init's negative errno. */
 static int latency_run(const shootout_queue_t *q, const shootout_cfg_t *cfg, int rounds,
-                       const char *what, double *p50, double *p99) {
+                       uint64_t max_ns, const char *what, double *p50, double *p99,
+                       int *rounds_out) {
   ctl_t *ctl = map_shared(sizeof(ctl_t));
   void *qa = map_shared(q->state_size ? q->state_size : 1);
   void *qb = map_shared(q->state_size ? q->state_size : 1);
@@ -416,7 +420,10 @@ static int latency_run(const shootout_queue_t *q, const shootout_cfg_t *cfg, int
   uint64_t *rtt = malloc(sizeof(uint64_t) * (size_t)rounds);
   if (!rtt) abort();
   uint64_t item[8], back[8];
+  const uint64_t until = bench_now_ns() + max_ns;
+  int done = 0;
   for (int i = 0; i < warm + rounds && !atomic_load(&ctl->errors); i++) {
+    if (done >= 100 && bench_now_ns() > until) break;
     item_fill(item, cfg->payload, (1ull << SEQ_BITS) | (uint64_t)i);
     uint64_t t0 = bench_now_ns();
     n = 0;
@@ -428,7 +435,7 @@ static int latency_run(const shootout_queue_t *q, const shootout_cfg_t *cfg, int
     uint64_t t1 = bench_now_ns();
     if (back[0] != item[0] || !item_ok(back, cfg->payload))
       fail(ctl, "pinger: sent item %d, got back tag %#llx", i, (unsigned long long)back[0]);
-    if (i >= warm) rtt[i - warm] = t1 - t0;
+    if (i >= warm) rtt[done++] = t1 - t0;
   }
   item_fill(item, cfg->payload, STOP_TAG);
   n = 0;
@@ -441,9 +448,10 @@ static int latency_run(const shootout_queue_t *q, const shootout_cfg_t *cfg, int
     q->destroy(qb);
   }
   if (atomic_load(&ctl->errors)) die_wrong(q, what, ctl);
-  qsort(rtt, (size_t)rounds, sizeof rtt[0], cmp_u64);
-  *p50 = (double)rtt[rounds / 2];
-  *p99 = (double)rtt[(size_t)rounds * 99 / 100];
+  qsort(rtt, (size_t)done, sizeof rtt[0], cmp_u64);
+  *p50 = (double)rtt[done / 2];
+  *p99 = (double)rtt[(size_t)done * 99 / 100];
+  *rounds_out = done;
   free(rtt);
   munmap(qa, q->state_size ? q->state_size : 1);
   munmap(qb, q->state_size ? q->state_size : 1);
@@ -538,14 +546,16 @@ void shootout_run(bench_ctx_t *ctx, const shootout_queue_t *q) {
       char base[120];
       snprintf(base, sizeof base, "shootout.%s.%s.%zuB.rtt", q->name, mode ? "procs" : "threads",
                cfg.payload);
-      int rc = latency_run(q, &cfg, rounds, base, &p50, &p99);
+      int done = 0;
+      int rc = latency_run(q, &cfg, rounds, ctx->quick ? 100000000ull : 1000000000ull, base, &p50,
+                           &p99, &done);
       snprintf(fig, sizeof fig, "%s.p50", base);
       if (rc < 0) {
         report_rc(ctx, fig, rc);
         continue;
       }
       char extra[64];
-      snprintf(extra, sizeof extra, ", \"round_trips\": %d", rounds);
+      snprintf(extra, sizeof extra, ", \"round_trips\": %d", done);
       params(par, sizeof par, q, &cfg, extra);
       bench_report(ctx, fig, p50, "ns", par);
       snprintf(fig, sizeof fig, "%s.p99", base);
