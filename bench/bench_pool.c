@@ -184,3 +184,25 @@ CAROM_BENCH("pool", "pool.apply_async", pool_apply_async)
 CAROM_BENCH("pool", "pool.imap_unordered", pool_imap_unordered)
 CAROM_BENCH("pool", "pool.maxtasksperchild1", pool_maxtasks1)
 CAROM_BENCH("pool", "pool.start_task_shutdown", pool_start_stop)
+
+/* carom vs the Python peers measured in the same run (bench/bench_peers.c).
+ * Rates: carom / peer; times: peer / carom. Both read "how many times faster". */
+__attribute__((constructor)) static void pool_ratios(void) {
+  static const char *libs[] = {"mp", "billiard"};
+  char label[128], peer[96];
+  for (int i = 0; i < 2; i++) {
+    const char *l = libs[i];
+#define RATIO(fig, pname, what)                                                       \
+  snprintf(peer, sizeof peer, "peer.%s.pool.%s", l, pname);                           \
+  snprintf(label, sizeof label, "speedup vs %s: %s", l, what);                        \
+  bench_ratio(label, fig, peer);
+    RATIO("pool.map.1M.default_chunks", "map", "pool.map (target >= 20)")
+    RATIO("pool.apply_async", "apply_async", "pool.apply_async (target >= 20)")
+    RATIO("pool.imap_unordered", "imap_unordered", "pool.imap_unordered (target >= 20)")
+    RATIO("pool.maxtasksperchild1", "maxtasks1", "maxtasksperchild=1 (target >= 10)")
+#undef RATIO
+    snprintf(peer, sizeof peer, "peer.%s.pool.lifecycle", l);
+    snprintf(label, sizeof label, "speedup vs %s: pool start+task+shutdown (target >= 10)", l);
+    bench_ratio(label, peer, "pool.start_task_shutdown");
+  }
+}
