@@ -4,5 +4,6 @@
 
 #include "carom/common.h"
 #include "carom/sync.h"
+#include "carom/process.h"
 
 #endif
