@@ -46,6 +46,22 @@ int t_loop(const void *, size_t) {
   for (;;) pause();
 }
 
+// Loop forever after creating the file named by arg (so a test knows the
+// target runs, whatever the start method).
+int t_loop_flag(const void *arg, size_t) {
+  int fd = open((const char *)arg, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd >= 0) close(fd);
+  for (;;) pause();
+}
+
+bool wait_file(const std::string &path, double s) {
+  for (int i = 0; i < (int)(s * 1000); i++) {
+    if (access(path.c_str(), F_OK) == 0) return true;
+    usleep(1000);
+  }
+  return false;
+}
+
 int t_selfkill(const void *, size_t) {
   kill(getpid(), SIGKILL);
   return 0;
@@ -483,9 +499,16 @@ TEST_P(Method, DaemonicChildrenDieWithSigkilledParent) {
   };
   auto *sh = static_cast<Sh *>(shared_alloc(sizeof(Sh)));
   std::string m = GetParam();
+  char flag[] = "/tmp/carom-flag-XXXXXX";
+  int ffd = mkstemp(flag);
+  ASSERT_GE(ffd, 0);
+  close(ffd);
+  unlink(flag);
   pid_t parent = fork_child([&] {
     Opts x;
-    x.fn = t_loop;
+    x.fn = t_loop_flag;
+    x.arg = flag;
+    x.len = sizeof flag;
     x.daemon = true;
     carom_process_t *p = make(m, x);
     if (carom_process_start(p)) return 1;
@@ -495,6 +518,9 @@ TEST_P(Method, DaemonicChildrenDieWithSigkilledParent) {
   });
   for (int i = 0; i < 20000 && !__atomic_load_n(&sh->ready, __ATOMIC_SEQ_CST); i++) usleep(1000);
   ASSERT_EQ(1, sh->ready);
+  // The daemonic child runs its target (past every start-up check).
+  ASSERT_TRUE(wait_file(flag, 20 * slow_factor()));
+  unlink(flag);
   int kfd = (int)syscall(SYS_pidfd_open, sh->kid, 0);
   ASSERT_GE(kfd, 0);
   EXPECT_FALSE(fd_readable(kfd, 0));
