@@ -224,6 +224,14 @@ static bool reap_locked(carom_process_t *p, bool block) {
     /* The server writes the exit code, then closes; EOF without a code means
      * the server died: the status is lost (Python reports 255). */
     p->exitcode = carom__recv_all(p->sentinel, &code, sizeof code) == 0 ? code : 255;
+    /* The server closes its end right after the code: wait for that EOF, so
+     * the sentinel stays readable from now on, as a pidfd does. */
+    for (;;) {
+      char c;
+      ssize_t r = read(p->sentinel, &c, 1);
+      if (r > 0 || (r < 0 && errno == EINTR)) continue;
+      break;
+    }
     p->state = CAROM__ENDED;
     return true;
   }
