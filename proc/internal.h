@@ -18,7 +18,9 @@
 
 enum carom__method { CAROM__FORK = 0, CAROM__SPAWN = 1, CAROM__FORKSERVER = 2 };
 
-enum carom__pstate { CAROM__CREATED, CAROM__STARTED, CAROM__ENDED, CAROM__CLOSED };
+/* CREATED -> STARTING -> STARTED -> ENDED -> CLOSED (STARTING -> CREATED when
+ * start fails; CREATED -> CLOSED). */
+enum carom__pstate { CAROM__CREATED, CAROM__STARTING, CAROM__STARTED, CAROM__ENDED, CAROM__CLOSED };
 
 /* How a target travels across exec: a registry name, else (object, offset).
  * object is "" for the main program, else the dl_iterate_phdr name. */
@@ -43,7 +45,7 @@ struct carom_process {
   carom_context_t *ctx;
   pid_t creator;
   /* state */
-  int state; /* enum carom__pstate */
+  _Atomic int state; /* enum carom__pstate; read without mu by quick checks */
   int method;
   pid_t pid;
   int pidfd;    /* -1 if none (no kernel support, or forkserver without one) */

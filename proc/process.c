@@ -399,15 +399,17 @@ int carom_process_start(carom_process_t *p) {
     pthread_mutex_unlock(&p->mu);
     return -EINVAL;
   }
+  /* STARTING keeps other calls out while we fork without holding p->mu (the
+   * fork path takes the list lock, which ranks before p->mu). */
+  p->state = CAROM__STARTING;
+  pthread_mutex_unlock(&p->mu);
   carom_context_t *ctx = p->ctx;
   if (!ctx) carom_get_context(NULL, &ctx);
   p->method = ctx->method;
   pthread_once(&atexit_once, register_atexit);
   if (p->method != CAROM__FORK && p->fn && !p->ref.entry && !p->ref.has_offset) {
-    pthread_mutex_unlock(&p->mu);
-    return -EINVAL; /* a target that cannot be named across exec */
-  }
-  if (p->method == CAROM__FORK) {
+    rc = -EINVAL; /* a target that cannot be named across exec */
+  } else if (p->method == CAROM__FORK) {
     rc = start_fork(p);
   } else {
     carom__boot_t b;
@@ -425,20 +427,20 @@ int carom_process_start(carom_process_t *p) {
       else p->pid = pid;
     }
   }
-  if (rc == 0) {
-    p->state = CAROM__STARTED;
-    pthread_mutex_lock(&list_mu);
-    list_add_locked(p);
-    pthread_mutex_unlock(&list_mu);
-  }
+  pthread_mutex_lock(&list_mu);
+  pthread_mutex_lock(&p->mu);
+  if (rc == 0) list_add_locked(p);
+  p->state = rc == 0 ? CAROM__STARTED : CAROM__CREATED;
   pthread_mutex_unlock(&p->mu);
+  pthread_mutex_unlock(&list_mu);
   return rc;
 }
 
 static int started_check(const carom_process_t *p) {
   int rc = check_owner(p);
   if (rc) return rc;
-  if (p->state == CAROM__CREATED || p->state == CAROM__CLOSED) return -EINVAL;
+  int st = p->state;
+  if (st == CAROM__CREATED || st == CAROM__STARTING || st == CAROM__CLOSED) return -EINVAL;
   return 0;
 }
 
@@ -474,13 +476,13 @@ int carom_process_exitcode(carom_process_t *p, int *code) {
   int rc = check_owner(p);
   if (rc) return rc;
   if (p->state == CAROM__CLOSED) return -EINVAL;
-  if (p->state == CAROM__CREATED || !poll_ended(p)) return CAROM_ENOTREADY;
+  if (p->state < CAROM__STARTED || !poll_ended(p)) return CAROM_ENOTREADY;
   *code = p->exitcode;
   return 0;
 }
 
 pid_t carom_process_pid(const carom_process_t *p) {
-  return p->state == CAROM__CREATED ? 0 : p->pid;
+  return p->state < CAROM__STARTED ? 0 : p->pid;
 }
 
 static int send_signal(carom_process_t *p, int sig) {
@@ -499,13 +501,15 @@ int carom_process_terminate(carom_process_t *p) { return send_signal(p, SIGTERM)
 int carom_process_kill(carom_process_t *p) { return send_signal(p, SIGKILL); }
 
 int carom_process_sentinel(const carom_process_t *p) {
-  if (p->state == CAROM__CREATED || p->state == CAROM__CLOSED) return -EINVAL;
+  int st = p->state;
+  if (st < CAROM__STARTED || st == CAROM__CLOSED) return -EINVAL;
   return p->sentinel;
 }
 
 int carom_process_close(carom_process_t *p) {
   int rc = check_owner(p);
   if (rc) return rc;
+  if (p->state == CAROM__STARTING) return -EBUSY;
   if (p->state == CAROM__STARTED && !poll_ended(p)) return -EBUSY;
   pthread_mutex_lock(&p->mu);
   if (p->sentinel != p->pidfd) close_fd(&p->sentinel);

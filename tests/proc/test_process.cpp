@@ -294,6 +294,7 @@ TEST_P(Method, LargeArgumentArrivesIntact) {
 TEST_P(Method, JoinTimesOutThenTerminateEndsIt) {
   Opts x;
   x.fn = t_loop;
+  x.daemon = true;  // dies with the test process if the test fails
   carom_process_t *p = make(GetParam(), x);
   int code;
   EXPECT_EQ(CAROM_ENOTREADY, carom_process_exitcode(p, &code));
@@ -325,6 +326,7 @@ TEST_P(Method, JoinTimesOutThenTerminateEndsIt) {
 TEST_P(Method, KillGivesMinusSigkill) {
   Opts x;
   x.fn = t_loop;
+  x.daemon = true;  // dies with the test process if the test fails
   carom_process_t *p = make(GetParam(), x);
   ASSERT_EQ(0, carom_process_start(p));
   EXPECT_EQ(0, carom_process_kill(p));
@@ -339,6 +341,7 @@ TEST_P(Method, KillGivesMinusSigkill) {
 TEST_P(Method, SentinelBecomesReadableOnDeath) {
   Opts x;
   x.fn = t_loop;
+  x.daemon = true;  // dies with the test process if the test fails
   carom_process_t *p = make(GetParam(), x);
   EXPECT_EQ(-EINVAL, carom_process_sentinel(p));
   ASSERT_EQ(0, carom_process_start(p));
@@ -590,6 +593,7 @@ TEST_P(Method, ExitTerminatesDaemonicAndJoinsOthers) {
 TEST_P(Method, ActiveChildrenReapsFinishedOnes) {
   Opts x;
   x.fn = t_loop;
+  x.daemon = true;
   carom_process_t *p[3];
   for (auto &q : p) {
     q = make(GetParam(), x);
@@ -688,6 +692,7 @@ TEST(Process, DeathPipeFallbackWithoutPidfd) {
       if (run_fn(m, t_return, 5) != 5) return 1;
       Opts x;
       x.fn = t_loop;
+      x.daemon = true;
       carom_process_t *p = make(m, x);
       if (carom_process_start(p)) return 2;
       if (fd_readable(carom_process_sentinel(p), 20)) return 3;
