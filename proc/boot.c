@@ -101,12 +101,11 @@ static int resolve_cb(struct dl_phdr_info *info, size_t size, void *data) {
 
 int carom__target_ref_make(carom_process_fn fn, const char *entry, carom__target_ref_t *ref) {
   memset(ref, 0, sizeof *ref);
-  if (entry) {
-    if (!(ref->entry = strdup(entry))) return -ENOMEM;
-    return 0;
-  }
-  if (!fn) return 0; /* no target: the child exits 0 */
-  const char *n = entry_name_of(fn);
+  if (entry && !fn) fn = carom_entry_lookup(entry);
+  if (!fn) return entry ? -ENOENT : 0; /* no target: the child exits 0 */
+  /* Both the name and the offset travel: the name needs no ELF layout, the
+   * offset works before the child's registrations ran (shared libcarom). */
+  const char *n = entry ? entry : entry_name_of(fn);
   if (n && !(ref->entry = strdup(n))) return -ENOMEM;
   phdr_arg_t a = {.addr = (uintptr_t)fn};
   dl_iterate_phdr(find_cb, &a);

@@ -166,8 +166,9 @@ CAROM_EXTERN int carom_process_kill(carom_process_t *p);
 /* The sentinel fd (readable once the process ended), or -EINVAL before start
  * or after close. Owned by the Process: do not close it. */
 CAROM_EXTERN int carom_process_sentinel(const carom_process_t *p);
-/* Release the fds of an ended process (Python's close()). 0; -EBUSY still
- * running; -EINVAL not started... (an unstarted one may be closed: 0). */
+/* Release the fds of an ended (or never started) process: Python's close().
+ * Afterwards only free is useful; other calls answer -EINVAL.
+ * 0; -EBUSY still running (or being started). */
 CAROM_EXTERN int carom_process_close(carom_process_t *p);
 /* Free the handle. A started process that has not been reaped stays in the
  * parent's children list (like Python's _children) and is reaped by
