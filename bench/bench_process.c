@@ -18,7 +18,7 @@ static int noop(const void *arg, size_t len) {
   return (int)len; /* 0: the benchmark passes no argument */
 }
 
-static void die(const char *what, int rc) {
+__attribute__((noreturn)) static void die(const char *what, int rc) {
   fprintf(stderr, "bench process: %s failed (%d)\n", what, rc);
   exit(1);
 }
@@ -76,7 +76,7 @@ static double rate(uint64_t n, uint64_t ns) { return (double)n / ((double)ns / 1
  * and goes on a shared machine hits all of them alike. */
 static void start_join(bench_ctx_t *ctx) {
   const uint64_t batch = 50, nf = bench_scale(ctx, 2000), ns = bench_scale(ctx, 400);
-  carom_context_t *cf, *cs, *cfs;
+  carom_context_t *cf = NULL, *cs = NULL, *cfs = NULL;
   if (carom_get_context("fork", &cf) || carom_get_context("spawn", &cs) ||
       carom_get_context("forkserver", &cfs))
     die("get_context", -1);
