@@ -7,5 +7,6 @@
 #include "carom/shm.h"
 #include "carom/pool.h"
 #include "carom/connection.h"
+#include "carom/process.h"
 
 #endif

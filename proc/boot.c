@@ -1,0 +1,417 @@
+/* proc/boot.c — the child side of process creation, shared by the three start
+ * methods: the boot message (target, argument, name, identity, environment,
+ * flags) and its wire format, target references that survive exec, the
+ * signal and environment reset, running the target, and the constructor that
+ * turns an exec'd program image into a spawn child or the forkserver.
+ *
+ * Invariants:
+ * - A spawned child or the forkserver is recognised by an environment variable
+ *   (CAROM_SPAWN_FD / CAROM_FORKSERVER_FD) holding the number of an inherited
+ *   socket. The constructor removes the variable at once, so nothing below it
+ *   (grandchildren, the target) sees it.
+ * - The constructor has default priority: with a static libcarom it runs after
+ *   every CAROM_ENTRY registration (priority 101) of the program and after the
+ *   static initialisers of objects linked before libcarom; it never returns in
+ *   a child, so the program's main() never runs there.
+ * - Children never return into the caller's stack and never run the parent's
+ *   atexit handlers: they run carom's own exit handler, flush stdio, _exit().
+ */
+#include "proc/internal.h"
+
+#include <elf.h>
+#include <link.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ registry ---- */
+
+static _Atomic(carom_entry_t *) registry;
+
+void carom_entry_register(carom_entry_t *e) {
+  carom_entry_t *head = atomic_load_explicit(&registry, memory_order_relaxed);
+  do e->next = head;
+  while (!atomic_compare_exchange_weak_explicit(&registry, &head, e, memory_order_release,
+                                                memory_order_relaxed));
+}
+
+carom_process_fn carom_entry_lookup(const char *name) {
+  if (!name) return NULL;
+  for (carom_entry_t *e = atomic_load_explicit(&registry, memory_order_acquire); e; e = e->next)
+    if (!strcmp(e->name, name)) return e->fn;
+  return NULL;
+}
+
+static const char *entry_name_of(carom_process_fn fn) {
+  for (carom_entry_t *e = atomic_load_explicit(&registry, memory_order_acquire); e; e = e->next)
+    if (e->fn == fn) return e->name;
+  return NULL;
+}
+
+/* ------------------------------------------------------ target refs ---- */
+
+typedef struct {
+  uintptr_t addr;   /* find: the address; resolve: out */
+  const char *want; /* resolve: object name ("" = main program) */
+  uint64_t offset;
+  int index;
+  bool found;
+  char *name; /* find: malloc'd object name */
+} phdr_arg_t;
+
+/* True when [addr] lies in an executable PT_LOAD segment of the object. */
+static bool in_exec_segment(const struct dl_phdr_info *info, uintptr_t addr) {
+  for (int i = 0; i < info->dlpi_phnum; i++) {
+    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X)) continue;
+    uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+    if (addr >= lo && addr < lo + ph->p_memsz) return true;
+  }
+  return false;
+}
+
+static int find_cb(struct dl_phdr_info *info, size_t size, void *data) {
+  phdr_arg_t *a = data;
+  int idx = a->index++;
+  if (!in_exec_segment(info, a->addr)) return 0;
+  /* The first object is the program itself; its name is "" (or may be set to
+   * argv[0] by some loaders), so send it as "". */
+  a->name = strdup(idx == 0 ? "" : info->dlpi_name ? info->dlpi_name : "");
+  a->offset = (uint64_t)(a->addr - info->dlpi_addr);
+  a->found = true;
+  return 1;
+}
+
+static int resolve_cb(struct dl_phdr_info *info, size_t size, void *data) {
+  phdr_arg_t *a = data;
+  int idx = a->index++;
+  bool match = a->want[0] == 0 ? idx == 0 : (info->dlpi_name && !strcmp(info->dlpi_name, a->want));
+  if (!match) return 0;
+  uintptr_t addr = info->dlpi_addr + (uintptr_t)a->offset;
+  if (in_exec_segment(info, addr)) {
+    a->addr = addr;
+    a->found = true;
+  }
+  return 1;
+}
+
+int carom__target_ref_make(carom_process_fn fn, const char *entry, carom__target_ref_t *ref) {
+  memset(ref, 0, sizeof *ref);
+  if (entry && !fn) fn = carom_entry_lookup(entry);
+  if (!fn) return entry ? -ENOENT : 0; /* no target: the child exits 0 */
+  /* Both the name and the offset travel: the name needs no ELF layout, the
+   * offset works before the child's registrations ran (shared libcarom). */
+  const char *n = entry ? entry : entry_name_of(fn);
+  if (n && !(ref->entry = strdup(n))) return -ENOMEM;
+  phdr_arg_t a = {.addr = (uintptr_t)fn};
+  dl_iterate_phdr(find_cb, &a);
+  if (a.found) {
+    if (!a.name) {
+      carom__target_ref_free(ref);
+      return -ENOMEM;
+    }
+    ref->object = a.name;
+    ref->offset = a.offset;
+    ref->has_offset = true;
+  }
+  /* A pointer outside every loaded object (JIT code?) cannot cross exec. It
+   * still works for fork; spawn/forkserver refuse it at start. */
+  return 0;
+}
+
+void carom__target_ref_free(carom__target_ref_t *ref) {
+  free(ref->entry);
+  free(ref->object);
+  memset(ref, 0, sizeof *ref);
+}
+
+carom_process_fn carom__target_ref_resolve(const carom__target_ref_t *ref) {
+  if (ref->entry && ref->entry[0]) {
+    carom_process_fn fn = carom_entry_lookup(ref->entry);
+    if (fn) return fn;
+  }
+  if (!ref->has_offset) return NULL;
+  phdr_arg_t a = {.want = ref->object ? ref->object : "", .offset = ref->offset};
+  dl_iterate_phdr(resolve_cb, &a);
+  if (!a.found) return NULL;
+  carom_process_fn fn;
+  uintptr_t addr = a.addr;
+  memcpy(&fn, &addr, sizeof fn);
+  return fn;
+}
+
+/* --------------------------------------------------------- wire format ---- */
+
+enum { BOOT_MAGIC = 0x314d5243u /* "CRM1" */, BOOT_MAX = 1u << 30 };
+
+typedef struct {
+  unsigned char *p;
+  size_t len, cap;
+  bool oom;
+} wbuf_t;
+
+static void put(wbuf_t *w, const void *d, size_t n) {
+  if (w->oom) return;
+  if (w->len + n > w->cap) {
+    size_t c = w->cap ? w->cap : 256;
+    while (c < w->len + n) c *= 2;
+    unsigned char *q = realloc(w->p, c);
+    if (!q) {
+      w->oom = true;
+      return;
+    }
+    w->p = q;
+    w->cap = c;
+  }
+  memcpy(w->p + w->len, d, n);
+  w->len += n;
+}
+static void put_u32(wbuf_t *w, uint32_t v) { put(w, &v, 4); }
+static void put_bytes(wbuf_t *w, const void *d, size_t n) {
+  put_u32(w, (uint32_t)n);
+  put(w, d, n);
+  put(w, "", 1); /* NUL, so the reader can point at strings in place */
+}
+static void put_str(wbuf_t *w, const char *s) {
+  if (!s) s = "";
+  put_bytes(w, s, strlen(s));
+}
+
+int carom__boot_encode(const carom__boot_t *b, unsigned char **out, size_t *len) {
+  if (b->arg_len > BOOT_MAX) return -EMSGSIZE;
+  wbuf_t w = {0};
+  put_u32(&w, 0); /* length, patched below */
+  put_u32(&w, BOOT_MAGIC);
+  put_str(&w, b->ref.entry);
+  put_str(&w, b->ref.object);
+  uint64_t off = b->ref.offset;
+  uint8_t flags = (uint8_t)((b->ref.has_offset ? 1 : 0) | (b->daemon ? 2 : 0) |
+                            (b->ignore_sigint ? 4 : 0));
+  put(&w, &off, 8);
+  put(&w, &flags, 1);
+  put_bytes(&w, b->arg, b->arg_len);
+  put_str(&w, b->name);
+  put_str(&w, b->identity);
+  int32_t ppid = b->parent_pid;
+  put(&w, &ppid, 4);
+  put_str(&w, b->parent_name);
+  uint32_t nenv = 0;
+  while (b->env && b->env[nenv]) nenv++;
+  put_u32(&w, nenv);
+  for (uint32_t i = 0; i < nenv; i++) put_str(&w, b->env[i]);
+  if (w.oom || w.len - 4 > BOOT_MAX) {
+    free(w.p);
+    return w.oom ? -ENOMEM : -EMSGSIZE;
+  }
+  uint32_t body = (uint32_t)(w.len - 4);
+  memcpy(w.p, &body, 4);
+  *out = w.p;
+  *len = w.len;
+  return 0;
+}
+
+typedef struct {
+  unsigned char *p;
+  size_t len, at;
+  bool bad;
+} rbuf_t;
+
+static const void *get(rbuf_t *r, size_t n) {
+  if (r->bad || r->len - r->at < n) {
+    r->bad = true;
+    return NULL;
+  }
+  const void *q = r->p + r->at;
+  r->at += n;
+  return q;
+}
+static uint32_t get_u32(rbuf_t *r) {
+  uint32_t v = 0;
+  const void *q = get(r, 4);
+  if (q) memcpy(&v, q, 4);
+  return v;
+}
+static const unsigned char *get_bytes(rbuf_t *r, size_t *n) {
+  uint32_t l = get_u32(r);
+  const unsigned char *q = get(r, (size_t)l + 1);
+  if (n) *n = l;
+  return q;
+}
+static char *get_str(rbuf_t *r) { return (char *)get_bytes(r, NULL); }
+
+int carom__send_all(int fd, const void *buf, size_t len) {
+  const char *p = buf;
+  while (len) {
+    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+int carom__recv_all(int fd, void *buf, size_t len) {
+  char *p = buf;
+  while (len) {
+    ssize_t n = read(fd, p, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) return CAROM_EEOF;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+int carom__boot_read(int fd, carom__boot_t *b, unsigned char **buf) {
+  uint32_t body;
+  int rc = carom__recv_all(fd, &body, 4);
+  if (rc) return rc;
+  if (body > BOOT_MAX + 4096u) return -EMSGSIZE;
+  rbuf_t r = {.p = malloc(body ? body : 1), .len = body};
+  if (!r.p) return -ENOMEM;
+  if ((rc = carom__recv_all(fd, r.p, body))) {
+    free(r.p);
+    return rc;
+  }
+  memset(b, 0, sizeof *b);
+  if (get_u32(&r) != BOOT_MAGIC) r.bad = true;
+  b->ref.entry = get_str(&r);
+  b->ref.object = get_str(&r);
+  const void *q = get(&r, 8);
+  if (q) memcpy(&b->ref.offset, q, 8);
+  const uint8_t *flags = get(&r, 1);
+  if (flags) {
+    b->ref.has_offset = *flags & 1;
+    b->daemon = *flags & 2;
+    b->ignore_sigint = *flags & 4;
+  }
+  b->arg = get_bytes(&r, &b->arg_len);
+  b->name = get_str(&r);
+  b->identity = get_str(&r);
+  int32_t ppid = 0;
+  if ((q = get(&r, 4))) memcpy(&ppid, q, 4);
+  b->parent_pid = ppid;
+  b->parent_name = get_str(&r);
+  uint32_t nenv = get_u32(&r);
+  char **env = NULL;
+  if (!r.bad && nenv <= body / 5) {
+    env = calloc((size_t)nenv + 1, sizeof *env);
+    if (!env) r.bad = true;
+    for (uint32_t i = 0; env && i < nenv; i++) env[i] = get_str(&r);
+  } else {
+    r.bad = true;
+  }
+  b->env = env;
+  if (r.bad) {
+    free(env);
+    free(r.p);
+    return -EINVAL;
+  }
+  *buf = r.p;
+  return 0;
+}
+
+/* ------------------------------------------------------ child set-up ---- */
+
+void carom__signals_reset(bool ignore_sigint) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; s++) {
+    if (s == SIGKILL || s == SIGSTOP) continue;
+    sigaction(s, &sa, NULL); /* EINVAL for the C library's reserved ones */
+  }
+  if (ignore_sigint) {
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGINT, &sa, NULL);
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+void carom__env_apply(char *const *env) {
+  for (size_t i = 0; env && env[i]; i++) {
+    const char *eq = strchr(env[i], '=');
+    if (!eq) {
+      unsetenv(env[i]);
+      continue;
+    }
+    char key[256];
+    size_t k = (size_t)(eq - env[i]);
+    if (k == 0 || k >= sizeof key) continue;
+    memcpy(key, env[i], k);
+    key[k] = 0;
+    setenv(key, eq + 1, 1);
+  }
+}
+
+void carom__child_deathsig(bool daemon, pid_t parent) {
+  if (!daemon) return;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  /* The parent may have died before the prctl: then we were re-parented and
+   * the signal will never come. */
+  if (getppid() != parent) kill(getpid(), SIGKILL);
+}
+
+void carom__child_run(const carom__boot_t *b, carom_process_fn fn) {
+  carom__current_set(b->name, b->identity, b->daemon, b->parent_pid, b->parent_name);
+  carom__env_apply(b->env);
+  int rc = fn ? fn(b->arg, b->arg_len) : 0;
+  carom__proc_exit_handlers();
+  fflush(NULL);
+  _exit(rc);
+}
+
+/* Read the boot message from fd and become the Process. Used by spawn children
+ * (fd inherited over exec) and forkserver children (fd from the server). */
+__attribute__((noreturn)) static void boot_from_fd(int fd, pid_t expect_parent) {
+  carom__boot_t b;
+  unsigned char *buf = NULL;
+  int rc = carom__boot_read(fd, &b, &buf);
+  close(fd);
+  if (rc) _exit(255); /* the parent went away before sending: nobody listens */
+  carom__signals_reset(b.ignore_sigint);
+  carom__child_deathsig(b.daemon, expect_parent ? expect_parent : b.parent_pid);
+  carom_process_fn fn = carom__target_ref_resolve(&b.ref);
+  if (!fn && (b.ref.has_offset || (b.ref.entry && b.ref.entry[0]))) {
+    char msg[512];
+    int n = snprintf(msg, sizeof msg,
+                     "carom: cannot resolve process target '%s' (object '%s', offset %llu)\n",
+                     b.ref.entry, b.ref.object, (unsigned long long)b.ref.offset);
+    if (n > 0) (void)!write(2, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    _exit(127);
+  }
+  carom__child_run(&b, fn);
+}
+
+/* Public for the forkserver's children. */
+__attribute__((noreturn)) void carom__boot_from_fd(int fd, pid_t expect_parent);
+void carom__boot_from_fd(int fd, pid_t expect_parent) { boot_from_fd(fd, expect_parent); }
+
+static int env_fd(const char *var) {
+  const char *s = getenv(var);
+  if (!s) return -1;
+  char *end;
+  long v = strtol(s, &end, 10);
+  unsetenv(var);
+  return (*end || v < 0 || v > INT_MAX) ? -1 : (int)v;
+}
+
+/* The spawn / forkserver hook: see the file comment. */
+__attribute__((constructor)) static void carom__boot_hook(void) {
+  int fd = env_fd("CAROM_SPAWN_FD");
+  if (fd >= 0) boot_from_fd(fd, 0);
+  fd = env_fd("CAROM_FORKSERVER_FD");
+  if (fd >= 0) carom__forkserver_main(fd);
+}
