@@ -21,6 +21,7 @@
  * spawned through the template.
  */
 #include "pool/internal.h"
+#include "carom/process.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -1143,35 +1144,6 @@ static void *supervisor(void *arg) {
 
 /* ------------------------------------------------------------- creation */
 
-int carom_pool_cpu_count(void) {
-  cpu_set_t set;
-  int n = 0;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
-  if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
-  FILE *f = fopen("/proc/self/cgroup", "re");
-  if (f) {
-    char line[512], path[600];
-    while (fgets(line, sizeof line, f)) {
-      if (strncmp(line, "0::", 3)) continue;
-      line[strcspn(line, "\n")] = 0;
-      snprintf(path, sizeof path, "/sys/fs/cgroup%s/cpu.max", line + 3);
-      FILE *m = fopen(path, "re");
-      if (m) {
-        char q[32];
-        long period = 0;
-        if (fscanf(m, "%31s %ld", q, &period) == 2 && strcmp(q, "max") && period > 0) {
-          long quota = atol(q);
-          int lim = (int)((quota + period - 1) / period);
-          if (lim >= 1 && lim < n) n = lim;
-        }
-        fclose(m);
-      }
-    }
-    fclose(f);
-  }
-  return n < 1 ? 1 : n;
-}
-
 static int count_threads(void) {
   DIR *d = opendir("/proc/self/task");
   if (!d) return 1;
@@ -1196,7 +1168,7 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   }
   o.size = sizeof o;
   if (o.processes < 0 || o.processes > 4096) return -EINVAL;
-  if (o.processes == 0) o.processes = carom_pool_cpu_count();
+  if (o.processes == 0) o.processes = carom_cpu_count();
   if (o.channel_bytes == 0) o.channel_bytes = 1u << 20;
   if (o.channel_bytes < 16384 || o.channel_bytes > (1ull << 32) ||
       (o.channel_bytes & (o.channel_bytes - 1)))

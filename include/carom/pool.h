@@ -93,7 +93,7 @@ typedef struct {
 
 typedef struct {
   size_t size;        /* sizeof(carom_pool_opts_t): set it (ABI growth) */
-  int processes;      /* workers; 0 = carom_cpu_count() (affinity/cgroup aware) */
+  int processes;      /* workers; 0 = carom_cpu_count() (carom/process.h: affinity and cgroup aware) */
   /* Run in every worker before its first task; nonzero = failure (message via
    * the buffer: write up to `msg_len` bytes, NUL-terminated). Failing workers
    * are respawned with exponential backoff (0.1 s doubling to 5 s); after
@@ -251,9 +251,6 @@ CAROM_EXTERN int carom_job_terminate(carom_job_t *job, int signum);
 /* Drop the caller's reference. Accepts NULL. */
 CAROM_EXTERN void carom_job_release(carom_job_t *job);
 
-/* Online CPUs usable by this process: the affinity mask, capped by a cgroup v2
- * cpu.max quota (rounded up), at least 1. */
-CAROM_EXTERN int carom_pool_cpu_count(void);
 
 #ifdef __cplusplus
 }
