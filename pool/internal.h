@@ -18,6 +18,8 @@
 #include "base/internal.h"
 #include "carom/pool.h"
 
+#include <sched.h>
+
 /* ---------------------------------------------------------------- chan */
 
 /* Frame: 8-byte header then the payload padded to 8 bytes. A message is one or
@@ -151,6 +153,14 @@ __attribute__((noreturn)) void carom__pool_template_main(int sock, pid_t owner,
 /* Worker main: never returns. */
 __attribute__((noreturn)) void carom__pool_worker_main(unsigned slot,
                                                        const struct pool_worker_cfg *cfg);
+
+/* One step of a spin-wait. Every 64th step yields the CPU: with more
+ * spinning threads than cores (supervisor + workers + callers on a small
+ * machine) a spinner must not keep the thread it waits for off the core. */
+static inline void pool_spin_step(unsigned i) {
+  if ((i & 63) == 63) sched_yield();
+  else carom__cpu_relax();
+}
 
 /* Wake the supervisor if it sleeps (worker side). */
 void carom__pool_wake_supervisor(pool_shm_t *h, int evfd);

@@ -103,7 +103,7 @@ struct carom_job {
   _Atomic int term_sig;
   _Atomic uint32_t done;     /* futex: 1 when every item ended */
   _Atomic uint32_t progress; /* futex: bumped when items end */
-  _Atomic uint32_t waiters;
+  _Atomic uint32_t waiters_done, waiters_progress;
 };
 
 /* ------------------------------------------------------------------ slots */
@@ -132,9 +132,12 @@ typedef struct {
   /* a message partly written into the down chan */
   bool sending;
   char hdr[sizeof(msg_t) + 8];
-  struct iovec iov[3];
+  struct iovec iov[4];
   size_t send_total, send_progress;
   unsigned sent_msgs;       /* for maxtasksperchild */
+  /* Service time of this worker's messages (EWMA of the gap between results
+   * while it stayed busy), to queue more of them when they are tiny. */
+  uint64_t last_result_ns, avg_ns;
   /* reassembly of a multi-frame result */
   char *rbuf;
   size_t rlen, rcap;
@@ -253,9 +256,15 @@ static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const s
   return j;
 }
 
+/* Wake who waits: next() callers on every progress, wait() callers only when
+ * the job is done (a map of 100k items must not wake its waiter 100k times). */
 static void job_wake(carom_job_t *j) {
-  if (atomic_load_explicit(&j->waiters, memory_order_seq_cst))
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&j->waiters_progress, memory_order_relaxed))
     carom__futex_wake(&j->progress, INT_MAX);
+  if (atomic_load_explicit(&j->done, memory_order_relaxed) &&
+      atomic_load_explicit(&j->waiters_done, memory_order_relaxed))
+    carom__futex_wake(&j->done, INT_MAX);
 }
 
 /* Record results for items [first, first+count) (under the supervisor).
@@ -413,16 +422,23 @@ static bool slot_flush(carom_pool_t *p, unsigned i) {
   wslot_t *w = &p->slots[i];
   if (!w->sending) return true;
   chan_t *down = pool_chan(p->shm, pool_slot(p->shm, i)->down_off);
-  bool done = chan_write(down, w->iov, 3, w->send_total, &w->send_progress);
+  bool done = chan_write(down, w->iov, 4, w->send_total, &w->send_progress);
   down_notify(down);
   if (done) w->sending = false;
   else atomic_store_explicit(&down->prod_wait, 1, memory_order_relaxed);
   return done;
 }
 
+/* Messages shorter than this are "tiny": a worker may have up to
+ * TINY_INFLIGHT of them queued so it never waits for the supervisor between
+ * two. Longer ones keep the configured prefetch, so a long task never has
+ * many others stuck behind it. */
+enum { TINY_NS = 20000, TINY_INFLIGHT = 8 };
+
 static unsigned slot_capacity(carom_pool_t *p, wslot_t *w) {
   if (w->state != W_UP || w->sending) return 0;
   unsigned max = 1 + p->opts.prefetch;
+  if (w->avg_ns && w->avg_ns < TINY_NS && max < TINY_INFLIGHT) max = TINY_INFLIGHT;
   unsigned room = w->fifo_n < max ? max - w->fifo_n : 0;
   if (p->opts.maxtasksperchild) {
     unsigned left = p->opts.maxtasksperchild - w->sent_msgs;
@@ -436,32 +452,16 @@ static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first,
   msg_t h = {.job_id = j->id, .fn = (uint64_t)(uintptr_t)j->fn, .first = first,
              .kind = MSG_TASK, .count = (uint32_t)count, .seq = w->seq};
   memcpy(w->hdr, &h, sizeof h);
+  /* [header][item lengths][0-4 zero bytes to align][item bytes], gathered
+   * straight from the job: no copy besides the one into the ring. */
+  static const char zeros[8];
   size_t lens_bytes = count * sizeof(uint32_t);
   size_t pad = ((lens_bytes + 7) & ~(size_t)7) - lens_bytes;
-  /* iov: header+0..7 pad bytes are laid out as [hdr][lens][pad][items]; the pad
-   * comes from the zeroed tail of w->hdr. */
-  static const char zeros[8];
   w->iov[0] = (struct iovec){w->hdr, sizeof h};
   w->iov[1] = (struct iovec){j->in_len + first, lens_bytes};
-  w->iov[2] = (struct iovec){j->in + j->in_off[first], j->in_off[first + count] - j->in_off[first]};
-  if (pad) {
-    /* Rare (odd counts): fold the pad into a bounce copy of the lens. */
-    char *bounce = malloc(lens_bytes + pad);
-    if (!bounce) carom__die("out of memory");
-    memcpy(bounce, j->in_len + first, lens_bytes);
-    memcpy(bounce + lens_bytes, zeros, pad);
-    /* keep the bounce alive in the job's block list */
-    res_block_t *b = malloc(sizeof *b + lens_bytes + pad);
-    if (!b) carom__die("out of memory");
-    memcpy(b->data, bounce, lens_bytes + pad);
-    free(bounce);
-    pthread_mutex_lock(&j->mu);
-    b->next = j->blocks;
-    j->blocks = b;
-    pthread_mutex_unlock(&j->mu);
-    w->iov[1] = (struct iovec){b->data, lens_bytes + pad};
-  }
-  w->send_total = w->iov[0].iov_len + w->iov[1].iov_len + w->iov[2].iov_len;
+  w->iov[2] = (struct iovec){(void *)zeros, pad};
+  w->iov[3] = (struct iovec){j->in + j->in_off[first], j->in_off[first + count] - j->in_off[first]};
+  w->send_total = w->iov[0].iov_len + w->iov[1].iov_len + w->iov[2].iov_len + w->iov[3].iov_len;
   w->send_progress = 0;
   w->sending = true;
   fifo_push(w, (flight_t){j, first, count, w->seq});
@@ -574,6 +574,14 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
   }
   flight_t *f = fifo_front(w);
   if (!f || f->seq != h.seq) carom__die("pool: result out of order (slot %u)", i);
+  uint64_t now = carom_now_ns();
+  if (w->fifo_n > 1 && w->last_result_ns) { /* it went straight on to the next one */
+    uint64_t dt = now - w->last_result_ns;
+    w->avg_ns = w->avg_ns ? (7 * w->avg_ns + dt) / 8 : dt;
+  } else if (w->fifo_n == 1) {
+    w->avg_ns = 0; /* it ran dry: no evidence of tiny tasks */
+  }
+  w->last_result_ns = now;
   carom_job_t *j = f->job;
   size_t first = f->first, count = f->count;
   fifo_pop(w);
@@ -649,6 +657,7 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   s->errmsg[0] = 0;
   w->seq = w->acc = 0;
   w->sent_msgs = 0;
+  w->last_result_ns = w->avg_ns = 0;
   w->rlen = 0;
   w->sending = false;
   w->exited = w->have_status = false;
@@ -1087,8 +1096,7 @@ static void *supervisor(void *arg) {
       idle = 0;
       if (now - last_poll < 1000000) continue;
     } else if (idle < SUP_SPIN) {
-      idle++;
-      carom__cpu_relax();
+      pool_spin_step(idle++);
       if (now - last_poll < 1000000) continue;
     } else {
       idle = 0;
@@ -1388,24 +1396,24 @@ int carom_pool_imap(carom_pool_t *p, carom_task_fn fn, const struct iovec *items
 
 /* Sleep until progress changes from `seen` or the deadline passes. */
 static int job_sleep(carom_job_t *j, uint32_t seen, const struct timespec *deadline) {
-  atomic_fetch_add(&j->waiters, 1);
+  atomic_fetch_add(&j->waiters_progress, 1);
   int r = carom__futex_wait(&j->progress, seen, deadline);
-  atomic_fetch_sub(&j->waiters, 1);
+  atomic_fetch_sub(&j->waiters_progress, 1);
   return r == -ETIMEDOUT ? -ETIMEDOUT : 0;
 }
 
 int carom_job_wait(carom_job_t *j, const struct timespec *deadline) {
   if (!j) return -EINVAL;
-  for (;;) {
-    uint32_t seen = atomic_load(&j->progress);
-    if (atomic_load(&j->done)) {
-      pthread_mutex_lock(&j->mu);
-      int e = j->first_error;
-      pthread_mutex_unlock(&j->mu);
-      return e;
-    }
-    if (job_sleep(j, seen, deadline) == -ETIMEDOUT && !atomic_load(&j->done)) return -ETIMEDOUT;
+  while (!atomic_load(&j->done)) {
+    atomic_fetch_add(&j->waiters_done, 1);
+    int r = carom__futex_wait(&j->done, 0, deadline);
+    atomic_fetch_sub(&j->waiters_done, 1);
+    if (r == -ETIMEDOUT && !atomic_load(&j->done)) return -ETIMEDOUT;
   }
+  pthread_mutex_lock(&j->mu);
+  int e = j->first_error;
+  pthread_mutex_unlock(&j->mu);
+  return e;
 }
 
 int carom_job_get(carom_job_t *j, const struct timespec *deadline, const void **data,

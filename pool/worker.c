@@ -111,10 +111,10 @@ static void space_freed(chan_t *c, pool_shm_t *h, int evfd) {
 /* Next frame of the down chan, sleeping when none comes for a while. */
 static const frame_t *wait_frame(chan_t *c) {
   for (;;) {
-    for (int i = 0; i < WORKER_SPIN; i++) {
+    for (unsigned i = 0; i < WORKER_SPIN; i++) {
       const frame_t *f = chan_peek(c);
       if (f) return f;
-      carom__cpu_relax();
+      pool_spin_step(i);
     }
     atomic_store_explicit(&c->cons_wait, 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst); /* flag before re-check (Dekker with the writer) */
@@ -136,8 +136,8 @@ static void send_up(chan_t *c, pool_shm_t *h, int evfd, const void *msg, size_t 
     bool done = chan_write(c, &iov, 1, len, &progress);
     carom__pool_wake_supervisor(h, evfd);
     if (done) return;
-    for (int i = 0; i < WORKER_SPIN && chan_write(c, &iov, 1, len, &progress) == false; i++)
-      carom__cpu_relax();
+    for (unsigned i = 0; i < WORKER_SPIN && !chan_write(c, &iov, 1, len, &progress); i++)
+      pool_spin_step(i);
     if (progress == len) {
       carom__pool_wake_supervisor(h, evfd);
       return;
