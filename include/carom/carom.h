@@ -4,5 +4,7 @@
 
 #include "carom/common.h"
 #include "carom/sync.h"
+#include "carom/ring.h"
+#include "carom/queue.h"
 
 #endif
