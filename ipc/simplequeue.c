@@ -151,6 +151,8 @@ int carom_simplequeue_put(carom_simplequeue_t *q, const void *data, size_t len) 
     rc = write_all(q->wfd, &hdr, sizeof hdr);
     if (!rc) rc = write_all(q->wfd, data, len);
   }
+  /* A failed write may have left part of a frame in the pipe. */
+  if (rc) atomic_store_explicit(&q->sh->broken, 1, memory_order_relaxed);
   atomic_store_explicit(&q->sh->wbusy, 0, memory_order_relaxed);
   carom_lock_release(&q->sh->wlock);
   return rc == -EPIPE ? CAROM_EPIPE : rc;
