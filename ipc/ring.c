@@ -34,11 +34,12 @@
  * could be confused (ABA); at 10^8 items/s that is three hours asleep inside
  * one put.
  *
- * Sleeping: a blocked side spins, then increments its *_waiting count, issues
- * a seq_cst fence, reads the futex word, re-tries, and sleeps. The other side
- * publishes, issues a seq_cst fence, and only if *_waiting is non-zero bumps
- * the futex word and wakes: the two fences make it impossible for both to miss
- * each other (store-buffer / Dekker pattern). Sleeps are capped at
+ * Sleeping: a blocked side spins, then sets its *_waiting flag, issues a
+ * seq_cst fence, reads the futex word, re-tries, and sleeps. The other side
+ * publishes, issues a seq_cst fence, and only if the flag is set clears it,
+ * bumps the futex word and wakes every sleeper: the two fences make it
+ * impossible for both to miss each other (store-buffer / Dekker pattern), and
+ * clearing the flag makes one sleep episode cost one FUTEX_WAKE. Sleeps are capped at
  * CAROM_RING_POLL_MS so a waiter behind a dead claimant gets to check it.
  */
 #include "ipc/ring_internal.h"
@@ -90,11 +91,11 @@ struct carom_ring {
   char pad2[CAROM_CACHELINE - 16];
   /* line 3 */
   _Atomic uint32_t items_seq;
-  _Atomic uint32_t cons_waiting;
+  _Atomic uint32_t cons_waiting; /* flag: a consumer may sleep on items_seq */
   char pad3[CAROM_CACHELINE - 8];
   /* line 4 */
   _Atomic uint32_t space_seq;
-  _Atomic uint32_t prod_waiting;
+  _Atomic uint32_t prod_waiting; /* flag: a producer may sleep on space_seq */
   char pad4[CAROM_CACHELINE - 8];
   /* line 5 */
   _Atomic uint64_t lost_puts;
@@ -196,11 +197,14 @@ carom_ring_t *carom_ring_attach(void *mem) {
 /* After publishing (or freeing) a slot: wake the other side if it sleeps. */
 static inline void wake_side(_Atomic uint32_t *seq, _Atomic uint32_t *waiting) {
   /* Orders the preceding publish (a store to a slot word or to tail/head)
-   * before the load of *waiting; pairs with the fence in wait_blocked() after
-   * its *waiting increment. Without it the store could sit in the store
+   * before the load of *waiting; pairs with the fence in wait_op() after
+   * its store of the flag. Without it the store could sit in the store
    * buffer while we read waiting == 0 and the sleeper reads the old slot. */
   atomic_thread_fence(memory_order_seq_cst);
   if (CAROM_LIKELY(atomic_load_explicit(waiting, memory_order_relaxed) == 0)) return;
+  /* Clear the flag so the sleepers of this episode cost one wake, not one
+   * per item until they run; each re-sets it before sleeping again. */
+  if (!atomic_exchange_explicit(waiting, 0, memory_order_relaxed)) return;
   /* release: a sleeper that acquires the new seq value also sees the item. */
   atomic_fetch_add_explicit(seq, 1, memory_order_release);
   carom__futex_wake(seq, INT_MAX);
@@ -420,25 +424,22 @@ static ssize_t wait_op(carom_ring_t *r, bool put, const op_t *op, const struct t
   const uint64_t start = carom_now_ns();
   bool recover = false;
   for (;;) {
-    atomic_fetch_add_explicit(waiting, 1, memory_order_relaxed);
-    /* Orders the waiting increment before the re-try's loads of the ring;
+    atomic_store_explicit(waiting, 1, memory_order_relaxed);
+    /* Orders the waiting flag's store before the re-try's loads of the ring;
      * pairs with the fence in wake_side(). */
     atomic_thread_fence(memory_order_seq_cst);
     /* acquire: pairs with the release increment in wake_side()/close. */
     uint32_t s = atomic_load_explicit(seq, memory_order_acquire);
     rc = try_op(r, put, op, recover);
-    if (!blocked(rc)) {
-      atomic_fetch_sub_explicit(waiting, 1, memory_order_relaxed);
-      return rc;
-    }
+    /* The flag stays set when we leave: other sleepers may rely on it; the
+     * cost is at most one needless wake. */
+    if (!blocked(rc)) return rc;
     if (carom__deadline_passed(deadline)) {
       if (rc == E_HELD && !recover) rc = try_op(r, put, op, true);
-      atomic_fetch_sub_explicit(waiting, 1, memory_order_relaxed);
       return blocked(rc) ? -ETIMEDOUT : rc;
     }
     struct timespec cap;
     carom__futex_wait(seq, s, carom__deadline_cap(deadline, POLL_NS, &cap));
-    atomic_fetch_sub_explicit(waiting, 1, memory_order_relaxed);
     /* After a poll interval of being blocked, check claimants' liveness on
      * every further try (only slow paths reach this). */
     if (!recover && carom_now_ns() - start >= POLL_NS) recover = true;
