@@ -35,8 +35,8 @@
  * one put.
  *
  * Sleeping: a blocked side spins, then sets its *_waiting flag, issues a
- * seq_cst fence, reads the futex word, re-tries, and sleeps. The other side
- * publishes, issues a seq_cst fence, and only if the flag is set clears it,
+ * full fence (a global membarrier: see publish_fence), reads the futex word, re-tries, and sleeps. The other side
+ * publishes, fences (a compiler barrier once membarrier-registered), and only if the flag is set clears it,
  * bumps the futex word and wakes every sleeper: the two fences make it
  * impossible for both to miss each other (store-buffer / Dekker pattern), and
  * clearing the flag makes one sleep episode cost one FUTEX_WAKE. Sleeps are capped at
@@ -44,6 +44,8 @@
  */
 #include "ipc/ring_internal.h"
 
+#include <linux/membarrier.h>
+#include <sched.h>
 #include <string.h>
 
 #define RING_MAGIC 0x31474e49524d4f52ull /* "ROMRING1" */
@@ -63,9 +65,16 @@ enum {
 #define W_PID_MASK ((1u << W_PID_BITS) - 1)
 #define W_POS_MASK ((1ull << W_POS_BITS) - 1)
 
-/* Spin this many tries (each a few pause instructions) before sleeping:
- * a few microseconds, the hand-off window that avoids a ~50 µs wake-up. */
-enum { SPIN_TRIES = 400, SPIN_PAUSES = 4 };
+/* A blocked side keeps trying for SPIN_NS before it sleeps, yielding its CPU
+ * between tries after the first few µs. One sleep/wake-up costs 25-55 µs on
+ * the reference machine (FLOORS.md), but on a loaded 2-CPU machine the other
+ * side is often descheduled for longer than that, and a sleep then turns a
+ * stream into a ping-pong of wake-ups: measured (bench queue.1to1.64B, load
+ * ~5), a 50 µs budget gave 0.25 of the raw ring's throughput, 200 µs 0.42.
+ * A side blocked for longer sleeps and costs nothing. The non-waiting calls
+ * spin at most SPIN_TRIES behind a slot another process is finishing. */
+enum { SPIN_TRIES = 400, SPIN_PAUSES = 1, SPIN_CLOCK_EVERY = 64 };
+#define SPIN_NS 200000ull
 #define POLL_NS ((uint64_t)CAROM_RING_POLL_MS * 1000000ull)
 /* Internal: blocked behind a slot another process holds (not plain empty/full). */
 #define E_HELD (-EINPROGRESS)
@@ -192,15 +201,62 @@ carom_ring_t *carom_ring_attach(void *mem) {
   return r;
 }
 
+/* ---- asymmetric fence (membarrier) ----
+ *
+ * The wake check needs store->load ordering on the publishing side (publish,
+ * then read the other side's waiting flag). A seq_cst fence there costs a
+ * full barrier per item, which waits for the slot's cache line and dominates
+ * a busy stream. Instead, a process registers once for
+ * MEMBARRIER_CMD_GLOBAL_EXPEDITED and its publishers use a compiler barrier
+ * only; a side about to sleep (slow path, ~0.4 µs here) issues the global
+ * membarrier, which makes every running registered thread pass a full
+ * barrier: the asymmetric form of the same store-buffer pairing (liburcu's
+ * sys_membarrier scheme). Processes that cannot register keep the real fence;
+ * a sleeper that cannot issue the membarrier caps its sleep at
+ * MB_FALLBACK_NS instead, so a registered publisher is never missed for
+ * longer than that. Registration is per process; a fork()ed child
+ * registers again (it is keyed by the cached pid). */
+#define MB_FALLBACK_NS 1000000ull
+static _Atomic int mb_pid;     /* pid of this process once registered */
+static _Atomic int mb_refused; /* registration failed in this process */
+
+static bool mb_register_slow(pid_t me) {
+  if (atomic_load_explicit(&mb_refused, memory_order_relaxed) == me) return false;
+  if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0) {
+    atomic_store_explicit(&mb_pid, me, memory_order_relaxed);
+    return true;
+  }
+  atomic_store_explicit(&mb_refused, me, memory_order_relaxed);
+  return false;
+}
+
+/* The publisher's half: order the preceding publish before the following
+ * load of a waiting flag. */
+static inline void publish_fence(void) {
+  pid_t me = carom__self_pid();
+  if (CAROM_LIKELY(atomic_load_explicit(&mb_pid, memory_order_relaxed) == me) ||
+      mb_register_slow(me))
+    atomic_signal_fence(memory_order_seq_cst); /* compiler only; see above */
+  else
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
+/* The sleeper's half, after setting its flag and before re-checking the ring.
+ * false when the global membarrier is unavailable. */
+static bool sleeper_fence(void) {
+  atomic_thread_fence(memory_order_seq_cst);
+  return syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0;
+}
+
 /* ---- wake-ups ---- */
 
 /* After publishing (or freeing) a slot: wake the other side if it sleeps. */
 static inline void wake_side(_Atomic uint32_t *seq, _Atomic uint32_t *waiting) {
   /* Orders the preceding publish (a store to a slot word or to tail/head)
-   * before the load of *waiting; pairs with the fence in wait_op() after
-   * its store of the flag. Without it the store could sit in the store
+   * before the load of *waiting; pairs with sleeper_fence() in wait_op()
+   * after its store of the flag. Without it the store could sit in the store
    * buffer while we read waiting == 0 and the sleeper reads the old slot. */
-  atomic_thread_fence(memory_order_seq_cst);
+  publish_fence();
   if (CAROM_LIKELY(atomic_load_explicit(waiting, memory_order_relaxed) == 0)) return;
   /* Clear the flag so the sleepers of this episode cost one wake, not one
    * per item until they run; each re-sets it before sleeping again. */
@@ -414,10 +470,19 @@ static ssize_t wait_op(carom_ring_t *r, bool put, const op_t *op, const struct t
     rc = try_once(r, put, op);
     return rc == -EAGAIN ? -ETIMEDOUT : rc;
   }
-  for (int i = 0; i < SPIN_TRIES; i++) {
-    for (int k = 0; k < SPIN_PAUSES; k++) carom__cpu_relax();
+  uint64_t spin_end = 0;
+  for (unsigned i = 1;; i++) {
+    carom__cpu_relax();
     rc = try_op(r, put, op, false);
     if (!blocked(rc)) return rc;
+    if (i % SPIN_CLOCK_EVERY == 0) {
+      uint64_t now = carom_now_ns();
+      if (!spin_end) spin_end = now + SPIN_NS;
+      if (now >= spin_end || (deadline && now >= carom__ts_ns(deadline))) break;
+      /* On a busy machine the other side may be waiting for our CPU:
+       * offer it (cheaper than sleeping and being woken). */
+      if (i >= 8 * SPIN_CLOCK_EVERY) sched_yield();
+    }
   }
   _Atomic uint32_t *seq = put ? &r->space_seq : &r->items_seq;
   _Atomic uint32_t *waiting = put ? &r->prod_waiting : &r->cons_waiting;
@@ -426,8 +491,8 @@ static ssize_t wait_op(carom_ring_t *r, bool put, const op_t *op, const struct t
   for (;;) {
     atomic_store_explicit(waiting, 1, memory_order_relaxed);
     /* Orders the waiting flag's store before the re-try's loads of the ring;
-     * pairs with the fence in wake_side(). */
-    atomic_thread_fence(memory_order_seq_cst);
+     * pairs with publish_fence() in wake_side(). */
+    bool fenced = sleeper_fence();
     /* acquire: pairs with the release increment in wake_side()/close. */
     uint32_t s = atomic_load_explicit(seq, memory_order_acquire);
     rc = try_op(r, put, op, recover);
@@ -439,7 +504,7 @@ static ssize_t wait_op(carom_ring_t *r, bool put, const op_t *op, const struct t
       return blocked(rc) ? -ETIMEDOUT : rc;
     }
     struct timespec cap;
-    carom__futex_wait(seq, s, carom__deadline_cap(deadline, POLL_NS, &cap));
+    carom__futex_wait(seq, s, carom__deadline_cap(deadline, fenced ? POLL_NS : MB_FALLBACK_NS, &cap));
     /* After a poll interval of being blocked, check claimants' liveness on
      * every further try (only slow paths reach this). */
     if (!recover && carom_now_ns() - start >= POLL_NS) recover = true;

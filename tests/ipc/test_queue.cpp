@@ -315,7 +315,7 @@ TEST(Queue, ExactDelivery4x4ThreadsRandomSizes) {
 
 namespace {
 
-constexpr uint64_t kSoakMax = 1 << 21;  // per producer role
+constexpr uint64_t kSoakMax = 1 << 22;  // per producer role
 
 struct Soak {
   std::atomic<uint8_t> recv[kRoles][kSoakMax];
@@ -393,7 +393,12 @@ TEST(Queue, KillSoakAtRandomMomentsExactAccounting) {
   int producer_kills = 0, consumer_kills = 0;
   double max_stall = 0;
   const uint64_t t_end = carom_now_ns() + 5000000000ull;
-  while (carom_now_ns() < t_end) {
+  auto numbers_left = [&] {  // stop early rather than run producers dry
+    for (int r = 0; r < kRoles; r++)
+      if (s->next[r].load() > (int64_t)(kSoakMax * 9 / 10)) return false;
+    return true;
+  };
+  while (carom_now_ns() < t_end && numbers_left()) {
     usleep(1000 + rng() % 4000);  // the kill schedule, not synchronisation
     int victim = (int)(rng() % (2 * kRoles));
     uint64_t before = s->received.load();
