@@ -283,3 +283,88 @@ static void queue_2to2_64(bench_ctx_t *ctx) {
 CAROM_BENCH("queue", "queue.1to1.64B", queue_1to1_64)
 CAROM_BENCH("queue", "queue.1to1.4K", queue_1to1_4k)
 CAROM_BENCH("queue", "queue.2to2.64B", queue_2to2_64)
+
+/* ---- the shoot-out adapter (bench/shootout.h): carom's rings and Queue in
+ * the same harness as ck_ring, liburcu, pipes, ... ---- */
+#include "shootout.h"
+
+enum { SO_SLOTS = 1024, SO_SLOT = 64, SO_HDR = 64 };
+
+typedef struct {
+  size_t payload;
+  char pad[SO_HDR - sizeof(size_t)];
+} so_hdr_t;
+
+#define SO_RING_BYTES (SO_HDR + (1024 * 80 + 6 * 64))
+#define SO_QUEUE_BYTES (SO_HDR + 128 + (1024 * 80 + 6 * 64))
+
+static void *so_body(void *state) { return (unsigned char *)state + SO_HDR; }
+
+static int so_ring_init(void *state, const shootout_cfg_t *cfg, carom_ring_kind_t kind) {
+  ((so_hdr_t *)state)->payload = cfg->payload;
+  return carom_ring_init(so_body(state), SO_RING_BYTES - SO_HDR, kind, SO_SLOTS, SO_SLOT, NULL);
+}
+static int so_spsc_init(void *s, const shootout_cfg_t *c) { return so_ring_init(s, c, CAROM_RING_SPSC); }
+static int so_mpmc_init(void *s, const shootout_cfg_t *c) { return so_ring_init(s, c, CAROM_RING_MPMC); }
+static int so_ring_push(void *state, void *local, const void *item) {
+  (void)local;
+  int rc = carom_ring_tryput(so_body(state), item, ((so_hdr_t *)state)->payload);
+  return rc == -EAGAIN ? -EAGAIN : rc;
+}
+static int so_ring_pop(void *state, void *local, void *item) {
+  (void)local;
+  ssize_t n = carom_ring_tryget(so_body(state), item, SO_SLOT);
+  return n >= 0 ? 0 : (int)n;
+}
+
+static int so_queue_init(void *state, const shootout_cfg_t *cfg) {
+  ((so_hdr_t *)state)->payload = cfg->payload;
+  carom_queue_opts_t o = {sizeof o, SO_SLOTS, SO_SLOT, 0, 0};
+  carom_queue_t *q;
+  if (carom_queue_footprint(&o) > SO_QUEUE_BYTES - SO_HDR) return -EINVAL;
+  return carom_queue_init(so_body(state), SO_QUEUE_BYTES - SO_HDR, &o, &q);
+}
+static int so_queue_push(void *state, void *local, const void *item) {
+  (void)local;
+  return carom_queue_put(so_body(state), item, ((so_hdr_t *)state)->payload, NULL);
+}
+static int so_queue_pop(void *state, void *local, void *item) {
+  (void)local;
+  ssize_t n = carom_queue_get(so_body(state), item, SO_SLOT, NULL);
+  return n >= 0 ? 0 : (int)n;
+}
+
+static const shootout_queue_t so_spsc = {
+    .name = "carom_ring_spsc",
+    .flags = SHOOTOUT_THREADS | SHOOTOUT_PROCS | SHOOTOUT_SP | SHOOTOUT_SC,
+    .note = "carom SPSC ring, 1024 slots of 64 B, tryput/tryget",
+    .state_size = SO_RING_BYTES,
+    .init = so_spsc_init,
+    .push = so_ring_push,
+    .pop = so_ring_pop,
+};
+static const shootout_queue_t so_mpmc = {
+    .name = "carom_ring_mpmc",
+    .flags = SHOOTOUT_THREADS | SHOOTOUT_PROCS,
+    .note = "carom crash-safe MPMC ring, 1024 slots of 64 B, tryput/tryget",
+    .state_size = SO_RING_BYTES,
+    .init = so_mpmc_init,
+    .push = so_ring_push,
+    .pop = so_ring_pop,
+};
+static const shootout_queue_t so_queue = {
+    .name = "carom_queue",
+    .flags = SHOOTOUT_THREADS | SHOOTOUT_PROCS | SHOOTOUT_BLOCKING,
+    .note = "carom Queue, maxsize 1024, max_item 64, blocking put/get",
+    .state_size = SO_QUEUE_BYTES,
+    .init = so_queue_init,
+    .push = so_queue_push,
+    .pop = so_queue_pop,
+};
+
+static void so_bench_spsc(bench_ctx_t *ctx) { shootout_run(ctx, &so_spsc); }
+static void so_bench_mpmc(bench_ctx_t *ctx) { shootout_run(ctx, &so_mpmc); }
+static void so_bench_queue(bench_ctx_t *ctx) { shootout_run(ctx, &so_queue); }
+CAROM_BENCH("shootout", "shootout.carom_ring_spsc", so_bench_spsc)
+CAROM_BENCH("shootout", "shootout.carom_ring_mpmc", so_bench_mpmc)
+CAROM_BENCH("shootout", "shootout.carom_queue", so_bench_queue)

@@ -2,19 +2,42 @@
  * prints a table (default) or one JSON object per figure (--json):
  *   {"name": ..., "value": <median>, "min": ..., "max": ..., "unit": ...,
  *    "reps": n, "params": {...}}
- * plus a first {"machine": {...}} line saying where the figures come from.
+ * preceded by one {"machine": {...}} line saying where the figures come from
+ * and followed by {"ratio": ...} lines.
  *
- * Usage: carom-bench [--quick] [--json] [--reps N] [--list] [PATTERN...]
- * A PATTERN selects benchmarks whose group or name contains it. */
+ * Usage: carom-bench [--quick] [--json] [--reps N] [--group G]... [--threads N]
+ *                    [--budget S] [--json-out FILE] [--list] [PATTERN...]
+ *   --group G    run only benchmarks whose group is exactly G (repeatable)
+ *   PATTERN      run only benchmarks whose group or name contains PATTERN
+ *   --threads N  largest thread/process count benchmarks scale to (default nproc)
+ *   --json-out F also write the JSON lines to file F (the table still prints)
+ *   --budget S   seconds one benchmark may take over all its repetitions; the
+ *                runner stops repeating it once spent (default 3 under --quick,
+ *                unbounded otherwise). At least one repetition always runs.
+ *
+ * Invariants: figure, ratio and sample tables grow on demand (no silent
+ * truncation); every string printed inside JSON is escaped, control characters
+ * included; params text a benchmark passes is printed as given, so it must be
+ * a JSON object (the runner checks its braces balance and replaces it with {}
+ * plus a warning otherwise).
+ */
 #include "bench.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+extern char **environ;
 
 typedef struct {
   const char *group, *name;
@@ -22,64 +45,120 @@ typedef struct {
 } entry_t;
 
 typedef struct {
-  char name[128];
-  char unit[32];
-  char params[256];
-  char skip[128];
-  double v[64];
-  int n;
+  char *name;
+  const char *group; /* of the benchmark that first reported it */
+  char *unit;
+  char *params;
+  char *skip;
+  double *v;
+  int n, cap;
 } figure_t;
 
 typedef struct {
-  char label[128], num[128], den[128];
+  char *label, *num, *den;
 } ratio_t;
 
-static entry_t entries[256];
-static int n_entries;
-static figure_t figures[1024];
-static int n_figures;
-static ratio_t ratios[256];
-static int n_ratios;
+static entry_t *entries;
+static int n_entries, cap_entries;
+static figure_t *figures;
+static int n_figures, cap_figures;
+static ratio_t *ratios;
+static int n_ratios, cap_ratios;
+
+static void *xrealloc(void *p, size_t n) {
+  void *q = realloc(p, n);
+  if (!q) {
+    fprintf(stderr, "carom-bench: out of memory\n");
+    abort();
+  }
+  return q;
+}
+
+static char *xstrdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  return memcpy(xrealloc(NULL, n), s, n);
+}
+
+/* Grow *arr (of elem-size items, *cap slots) so that one more fits. */
+static void *grow(void *arr, int n, int *cap, size_t elem) {
+  if (n < *cap) return arr;
+  *cap = *cap ? *cap * 2 : 32;
+  return xrealloc(arr, (size_t)*cap * elem);
+}
 
 void bench_register(const char *group, const char *name, bench_fn fn) {
-  if (n_entries < (int)(sizeof entries / sizeof entries[0]))
-    entries[n_entries++] = (entry_t){group, name, fn};
+  entries = grow(entries, n_entries, &cap_entries, sizeof *entries);
+  entries[n_entries++] = (entry_t){group, name, fn};
+}
+
+static figure_t *figure_find(const char *name) {
+  for (int i = 0; i < n_figures; i++)
+    if (!strcmp(figures[i].name, name)) return &figures[i];
+  return NULL;
 }
 
 static figure_t *figure(const char *name) {
-  for (int i = 0; i < n_figures; i++)
-    if (!strcmp(figures[i].name, name)) return &figures[i];
-  if (n_figures == (int)(sizeof figures / sizeof figures[0])) return NULL;
-  figure_t *f = &figures[n_figures++];
+  figure_t *f = figure_find(name);
+  if (f) return f;
+  figures = grow(figures, n_figures, &cap_figures, sizeof *figures);
+  f = &figures[n_figures++];
   memset(f, 0, sizeof *f);
-  snprintf(f->name, sizeof f->name, "%s", name);
+  f->name = xstrdup(name);
   return f;
+}
+
+static void set_str(char **dst, const char *s) {
+  free(*dst);
+  *dst = xstrdup(s);
+}
+
+/* Cheap sanity check of caller-supplied params: an object whose braces and
+ * brackets balance outside strings. Not a parser, but catches truncation. */
+static bool params_ok(const char *p) {
+  while (*p == ' ') p++;
+  if (*p != '{') return false;
+  int depth = 0;
+  bool str = false;
+  for (; *p; p++) {
+    if (str) {
+      if (*p == '\\' && p[1]) p++;
+      else if (*p == '"') str = false;
+      else if ((unsigned char)*p < 0x20) return false;
+      continue;
+    }
+    if (*p == '"') str = true;
+    else if (*p == '{' || *p == '[') depth++;
+    else if (*p == '}' || *p == ']') {
+      if (--depth < 0) return false;
+    }
+  }
+  return depth == 0 && !str;
 }
 
 void bench_report(bench_ctx_t *ctx, const char *name, double value, const char *unit,
                   const char *params) {
   (void)ctx;
   figure_t *f = figure(name);
-  if (!f) return;
-  snprintf(f->unit, sizeof f->unit, "%s", unit);
-  snprintf(f->params, sizeof f->params, "%s", params ? params : "{}");
-  if (f->n < (int)(sizeof f->v / sizeof f->v[0])) f->v[f->n++] = value;
+  set_str(&f->unit, unit ? unit : "");
+  if (params && !params_ok(params)) {
+    fprintf(stderr, "carom-bench: %s: params are not a JSON object, dropped: %s\n", name, params);
+    params = NULL;
+  }
+  set_str(&f->params, params ? params : "{}");
+  f->v = grow(f->v, f->n, &f->cap, sizeof *f->v);
+  f->v[f->n++] = value;
 }
 
 void bench_skip(bench_ctx_t *ctx, const char *name, const char *why) {
   (void)ctx;
-  figure_t *f = figure(name);
-  if (f) snprintf(f->skip, sizeof f->skip, "%s", why);
+  set_str(&figure(name)->skip, why ? why : "skipped");
 }
 
 void bench_ratio(const char *label, const char *num, const char *den) {
   for (int i = 0; i < n_ratios; i++)
     if (!strcmp(ratios[i].label, label)) return;
-  if (n_ratios == (int)(sizeof ratios / sizeof ratios[0])) return;
-  ratio_t *r = &ratios[n_ratios++];
-  snprintf(r->label, sizeof r->label, "%s", label);
-  snprintf(r->num, sizeof r->num, "%s", num);
-  snprintf(r->den, sizeof r->den, "%s", den);
+  ratios = grow(ratios, n_ratios, &cap_ratios, sizeof *ratios);
+  ratios[n_ratios++] = (ratio_t){xstrdup(label), xstrdup(num), xstrdup(den)};
 }
 
 uint64_t bench_now_ns(void) {
@@ -93,16 +172,100 @@ uint64_t bench_scale(const bench_ctx_t *ctx, uint64_t n) {
   return n / 10 ? n / 10 : 1;
 }
 
+uint64_t bench_budget_left(const bench_ctx_t *ctx) {
+  if (!ctx->budget_ns) return UINT64_MAX;
+  uint64_t used = bench_now_ns() - ctx->start_ns;
+  return used >= ctx->budget_ns ? 0 : ctx->budget_ns - used;
+}
+
+/* ---- subprocesses ---- */
+
+int bench_run_capture(char *const argv[], double timeout_s, char *out, size_t n) {
+  if (n) out[0] = 0;
+  if (access(argv[0], X_OK) != 0) return -ENOENT;
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return -errno;
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t at;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+  posix_spawnattr_init(&at);
+  /* Own process group, so a timeout kills the peer's children too. */
+  posix_spawnattr_setpgroup(&at, 0);
+  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
+  pid_t pid;
+  int rc = posix_spawn(&pid, argv[0], &fa, &at, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&at);
+  close(p[1]);
+  if (rc != 0) {
+    close(p[0]);
+    return -rc;
+  }
+  uint64_t deadline = bench_now_ns() + (uint64_t)(timeout_s * 1e9);
+  size_t len = 0;
+  bool timed_out = false;
+  for (;;) {
+    uint64_t now = bench_now_ns();
+    if (now >= deadline) {
+      timed_out = true;
+      break;
+    }
+    struct pollfd pfd = {.fd = p[0], .events = POLLIN};
+    int ms = (int)((deadline - now) / 1000000) + 1;
+    int r = poll(&pfd, 1, ms);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) continue;
+    char buf[4096];
+    ssize_t got = read(p[0], buf, sizeof buf);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break; /* EOF: the child (and anything holding the pipe) is done */
+    size_t room = n ? n - 1 - len : 0;
+    size_t take = (size_t)got < room ? (size_t)got : room;
+    memcpy(out + len, buf, take);
+    len += take;
+    out[len] = 0;
+  }
+  close(p[0]);
+  if (timed_out) kill(-pid, SIGKILL);
+  int st = 0;
+  /* After EOF the child normally exits at once; bound the wait anyway. */
+  for (;;) {
+    pid_t w = waitpid(pid, &st, timed_out ? 0 : WNOHANG);
+    if (w == pid) break;
+    if (w < 0 && errno != EINTR) return -errno;
+    if (w == 0) {
+      if (bench_now_ns() >= deadline) {
+        timed_out = true;
+        kill(-pid, SIGKILL);
+        continue;
+      }
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  if (timed_out) {
+    kill(-pid, SIGKILL); /* stragglers in the group */
+    return -ETIMEDOUT;
+  }
+  if (WIFEXITED(st)) return WEXITSTATUS(st);
+  return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+/* ---- statistics and output ---- */
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
 }
 
-static double median(figure_t *f) {
-  double s[64];
+static double median(const figure_t *f) {
+  double *s = xrealloc(NULL, sizeof(double) * (size_t)f->n);
   memcpy(s, f->v, sizeof(double) * (size_t)f->n);
   qsort(s, (size_t)f->n, sizeof s[0], cmp_double);
-  return f->n % 2 ? s[f->n / 2] : (s[f->n / 2 - 1] + s[f->n / 2]) / 2;
+  double m = f->n % 2 ? s[f->n / 2] : (s[f->n / 2 - 1] + s[f->n / 2]) / 2;
+  free(s);
+  return m;
 }
 
 static double vmin(const figure_t *f) {
@@ -126,7 +289,7 @@ static void cpu_model(char *out, size_t n) {
     if (!strncmp(line, "model name", 10)) {
       char *c = strchr(line, ':');
       if (c) {
-        c += 2;
+        c += 1 + (c[1] == ' ');
         c[strcspn(c, "\n")] = 0;
         snprintf(out, n, "%s", c);
       }
@@ -136,122 +299,221 @@ static void cpu_model(char *out, size_t n) {
   fclose(f);
 }
 
-static bool selected(const entry_t *e, int npat, char **pat) {
+static bool selected(const entry_t *e, int npat, char **pat, int ngroup, char **group) {
+  if (ngroup) {
+    bool in = false;
+    for (int i = 0; i < ngroup; i++) in |= !strcmp(e->group, group[i]);
+    if (!in) return false;
+  }
   if (npat == 0) return true;
   for (int i = 0; i < npat; i++)
     if (strstr(e->group, pat[i]) || strstr(e->name, pat[i])) return true;
   return false;
 }
 
-static void json_str(const char *s) {
-  putchar('"');
-  for (; *s; s++) {
-    if (*s == '"' || *s == '\\') putchar('\\');
-    putchar(*s);
+/* JSON string: escapes quotes, backslashes and every control character. */
+static void json_str(FILE *o, const char *s) {
+  fputc('"', o);
+  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+    switch (*c) {
+    case '"': fputs("\\\"", o); break;
+    case '\\': fputs("\\\\", o); break;
+    case '\n': fputs("\\n", o); break;
+    case '\r': fputs("\\r", o); break;
+    case '\t': fputs("\\t", o); break;
+    default:
+      if (*c < 0x20 || *c == 0x7f) fprintf(o, "\\u%04x", *c);
+      else fputc(*c, o);
+    }
   }
-  putchar('"');
+  fputc('"', o);
+}
+
+/* JSON has no inf/nan: print null for them. */
+static void json_num(FILE *o, double v) {
+  if (isfinite(v)) fprintf(o, "%.6g", v);
+  else fputs("null", o);
+}
+
+static void usage(const char *argv0) {
+  fprintf(stderr,
+          "usage: %s [--quick] [--json] [--reps N] [--group G]... [--threads N]\n"
+          "          [--budget SECONDS] [--json-out FILE] [--list] [PATTERN...]\n",
+          argv0);
 }
 
 int main(int argc, char **argv) {
   bool quick = false, json = false, list = false;
-  int reps = 0;
-  char *pat[64];
-  int npat = 0;
+  const char *json_out = NULL;
+  int reps = 0, threads = 0;
+  double budget = -1;
+  char **pat = xrealloc(NULL, sizeof(char *) * (size_t)(argc + 1));
+  char **grp = xrealloc(NULL, sizeof(char *) * (size_t)(argc + 1));
+  int npat = 0, ngrp = 0;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--quick")) quick = true;
-    else if (!strcmp(argv[i], "--json")) json = true;
-    else if (!strcmp(argv[i], "--list")) list = true;
-    else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-    else if (argv[i][0] == '-') {
-      fprintf(stderr, "usage: %s [--quick] [--json] [--reps N] [--list] [PATTERN...]\n", argv[0]);
+    const char *a = argv[i];
+    bool has = i + 1 < argc;
+    if (!strcmp(a, "--quick")) quick = true;
+    else if (!strcmp(a, "--json")) json = true;
+    else if (!strcmp(a, "--list")) list = true;
+    else if (!strcmp(a, "--reps") && has) reps = atoi(argv[++i]);
+    else if (!strcmp(a, "--threads") && has) threads = atoi(argv[++i]);
+    else if (!strcmp(a, "--budget") && has) budget = atof(argv[++i]);
+    else if (!strcmp(a, "--group") && has) grp[ngrp++] = argv[++i];
+    else if (!strcmp(a, "--json-out") && has) json_out = argv[++i];
+    else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      usage(argv[0]);
+      return 0;
+    } else if (a[0] == '-') {
+      usage(argv[0]);
       return 2;
-    } else if (npat < 64) pat[npat++] = argv[i];
+    } else pat[npat++] = argv[i];
   }
   if (reps <= 0) reps = quick ? 3 : 5;
-  if (reps > 64) reps = 64;
+  if (budget < 0) budget = quick ? 3.0 : 0;
+  long nproc = sysconf(_SC_NPROCESSORS_ONLN);
+  if (nproc < 1) nproc = 1;
+  if (threads <= 0) threads = nproc < 2 ? 2 : (int)nproc;
   if (list) {
-    for (int i = 0; i < n_entries; i++) printf("%-10s %s\n", entries[i].group, entries[i].name);
+    for (int i = 0; i < n_entries; i++)
+      if (selected(&entries[i], npat, pat, ngrp, grp))
+        printf("%-10s %s\n", entries[i].group, entries[i].name);
     return 0;
   }
+  /* A peer that dies must not take the runner with it through SIGPIPE. */
+  signal(SIGPIPE, SIG_IGN);
+
+  FILE *jo = NULL; /* JSON goes here: stdout (--json) or --json-out FILE */
+  if (json_out) {
+    jo = fopen(json_out, "we");
+    if (!jo) {
+      fprintf(stderr, "carom-bench: %s: %s\n", json_out, strerror(errno));
+      return 2;
+    }
+  } else if (json) {
+    jo = stdout;
+  }
+  bool table = !json;
 
   char cpu[256];
   cpu_model(cpu, sizeof cpu);
   struct utsname u;
   uname(&u);
-  long nproc = sysconf(_SC_NPROCESSORS_ONLN);
-  if (json) {
-    printf("{\"machine\": {\"cpu\": ");
-    json_str(cpu);
-    printf(", \"nproc\": %ld, \"kernel\": ", nproc);
-    json_str(u.release);
-    printf(", \"reps\": %d, \"quick\": %s}}\n", reps, quick ? "true" : "false");
-  } else {
-    printf("carom-bench: %s, nproc %ld, Linux %s, %d repetitions%s\n", cpu, nproc, u.release,
-           reps, quick ? " (quick)" : "");
+  if (jo) {
+    fprintf(jo, "{\"machine\": {\"cpu\": ");
+    json_str(jo, cpu);
+    fprintf(jo, ", \"nproc\": %ld, \"kernel\": ", nproc);
+    json_str(jo, u.release);
+    fprintf(jo, ", \"reps\": %d, \"quick\": %s, \"threads\": %d, \"budget_s\": %g}}\n", reps,
+            quick ? "true" : "false", threads, budget);
+    fflush(jo);
   }
-  fflush(stdout);
+  if (table) {
+    printf("carom-bench: %s, nproc %ld, Linux %s, %d repetitions%s, up to %d threads\n", cpu,
+           nproc, u.release, reps, quick ? " (quick)" : "", threads);
+    fflush(stdout);
+  }
 
+  uint64_t suite0 = bench_now_ns();
   for (int i = 0; i < n_entries; i++) {
-    if (!selected(&entries[i], npat, pat)) continue;
-    if (!json) fprintf(stderr, "running %s ...\n", entries[i].name);
-    for (int r = 0; r < reps; r++) {
-      bench_ctx_t ctx = {.quick = quick, .rep = r, .nproc = (int)nproc};
+    if (!selected(&entries[i], npat, pat, ngrp, grp)) continue;
+    uint64_t t0 = bench_now_ns();
+    bench_ctx_t ctx = {.quick = quick,
+                       .nproc = (int)nproc,
+                       .max_threads = threads,
+                       .budget_ns = (uint64_t)(budget * 1e9),
+                       .start_ns = t0};
+    int first = n_figures;
+    int r = 0;
+    for (; r < reps; r++) {
+      ctx.rep = r;
       entries[i].fn(&ctx);
+      if (r + 1 < reps && bench_budget_left(&ctx) == 0) {
+        r++;
+        break;
+      }
     }
+    for (int k = first; k < n_figures; k++) figures[k].group = entries[i].group;
+    fprintf(stderr, "  %-40s %d rep%s, %.2f s\n", entries[i].name, r, r == 1 ? "" : "s",
+            (double)(bench_now_ns() - t0) / 1e9);
   }
+  double suite_s = (double)(bench_now_ns() - suite0) / 1e9;
 
-  if (json) {
+  if (jo) {
     for (int i = 0; i < n_figures; i++) {
       figure_t *f = &figures[i];
-      printf("{\"name\": ");
-      json_str(f->name);
+      fprintf(jo, "{\"name\": ");
+      json_str(jo, f->name);
       if (f->n == 0) {
-        printf(", \"value\": null, \"skipped\": ");
-        json_str(f->skip[0] ? f->skip : "not measured");
-        printf("}\n");
+        fprintf(jo, ", \"value\": null, \"skipped\": ");
+        json_str(jo, f->skip ? f->skip : "not measured");
+        fprintf(jo, "}\n");
         continue;
       }
-      printf(", \"value\": %.6g, \"min\": %.6g, \"max\": %.6g, \"unit\": ", median(f), vmin(f),
-             vmax(f));
-      json_str(f->unit);
-      printf(", \"reps\": %d, \"params\": %s}\n", f->n, f->params);
+      fprintf(jo, ", \"value\": ");
+      json_num(jo, median(f));
+      fprintf(jo, ", \"min\": ");
+      json_num(jo, vmin(f));
+      fprintf(jo, ", \"max\": ");
+      json_num(jo, vmax(f));
+      fprintf(jo, ", \"unit\": ");
+      json_str(jo, f->unit);
+      fprintf(jo, ", \"reps\": %d, \"params\": %s}\n", f->n, f->params);
     }
-  } else {
-    printf("\n%-48s %14s %14s %14s  %s\n", "figure", "median", "min", "max", "unit");
-    for (int i = 0; i < n_figures; i++) {
-      figure_t *f = &figures[i];
-      if (f->n == 0) {
-        printf("%-48s %14s  (%s)\n", f->name, "-", f->skip[0] ? f->skip : "not measured");
-        continue;
-      }
-      printf("%-48s %14.4g %14.4g %14.4g  %s\n", f->name, median(f), vmin(f), vmax(f), f->unit);
+    for (int i = 0; i < n_ratios; i++) {
+      figure_t *a = figure_find(ratios[i].num), *b = figure_find(ratios[i].den);
+      if (!a || !b) continue;
+      fprintf(jo, "{\"ratio\": ");
+      json_str(jo, ratios[i].label);
+      fprintf(jo, ", \"value\": ");
+      if (a->n && b->n) json_num(jo, median(a) / median(b));
+      else fputs("null", jo);
+      fprintf(jo, ", \"num\": ");
+      json_str(jo, ratios[i].num);
+      fprintf(jo, ", \"den\": ");
+      json_str(jo, ratios[i].den);
+      fprintf(jo, "}\n");
     }
+    if (jo != stdout) fclose(jo);
+  }
+  if (!table) return 0;
+
+  int w = 6;
+  for (int i = 0; i < n_figures; i++) {
+    int l = (int)strlen(figures[i].name);
+    w = l > w ? l : w;
+  }
+  for (int i = 0; i < n_ratios; i++) {
+    int l = (int)strlen(ratios[i].label);
+    w = l > w ? l : w;
+  }
+  printf("\n%-*s %12s %12s %12s  %s\n", w, "figure", "median", "min", "max", "unit");
+  const char *group = NULL;
+  for (int i = 0; i < n_figures; i++) {
+    figure_t *f = &figures[i];
+    if (f->group && (!group || strcmp(group, f->group))) {
+      group = f->group;
+      printf("-- %s\n", group);
+    }
+    if (f->n == 0) {
+      printf("%-*s %12s  (%s)\n", w, f->name, "-", f->skip ? f->skip : "not measured");
+      continue;
+    }
+    printf("%-*s %12.4g %12.4g %12.4g  %s\n", w, f->name, median(f), vmin(f), vmax(f), f->unit);
   }
   int shown = 0;
   for (int i = 0; i < n_ratios; i++) {
-    figure_t *a = NULL, *b = NULL;
-    for (int k = 0; k < n_figures; k++) {
-      if (!strcmp(figures[k].name, ratios[i].num)) a = &figures[k];
-      if (!strcmp(figures[k].name, ratios[i].den)) b = &figures[k];
-    }
+    figure_t *a = figure_find(ratios[i].num), *b = figure_find(ratios[i].den);
     if (!a || !b) continue;
+    if (!shown++) printf("\n%-*s %12s\n", w, "ratio (medians)", "value");
     if (a->n == 0 || b->n == 0) {
-      if (!json) printf("%-48s %14s  (%s)\n", ratios[i].label, "-", "peer not measured");
+      const figure_t *m = a->n == 0 ? a : b;
+      printf("%-*s %12s  (%s: %s)\n", w, ratios[i].label, "-", m->name,
+             m->skip ? m->skip : "not measured");
       continue;
     }
-    double q = median(a) / median(b);
-    if (json) {
-      printf("{\"ratio\": ");
-      json_str(ratios[i].label);
-      printf(", \"value\": %.4g, \"num\": ", q);
-      json_str(ratios[i].num);
-      printf(", \"den\": ");
-      json_str(ratios[i].den);
-      printf("}\n");
-    } else {
-      if (!shown++) printf("\n%-48s %14s\n", "ratio (medians)", "value");
-      printf("%-48s %14.3f\n", ratios[i].label, q);
-    }
+    printf("%-*s %12.3f\n", w, ratios[i].label, median(a) / median(b));
   }
+  printf("\nsuite time %.1f s\n", suite_s);
   return 0;
 }

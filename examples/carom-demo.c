@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,6 +24,113 @@ static void *shared_map(size_t n) {
     exit(1);
   }
   return p;
+}
+
+/* ---- pool tasks: plain C functions run in worker processes ---- */
+
+static int slow_square(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  int64_t x;
+  if (len != sizeof x) return carom_task_fail(ctx, -EINVAL, "expected an int64, got %zu bytes", len);
+  memcpy(&x, arg, sizeof x);
+  usleep(2000); /* some work */
+  x *= x;
+  return carom_task_return(ctx, &x, sizeof x);
+}
+
+static int parse_positive(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  int v = atoi((const char *)arg);
+  if (v <= 0) return carom_task_fail(ctx, -EINVAL, "'%.*s' is not a positive number", (int)len, (const char *)arg);
+  return carom_task_return(ctx, &v, sizeof v);
+}
+
+static int sleep_forever(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  (void)ctx, (void)arg, (void)len;
+  for (;;) pause();
+  return 0;
+}
+
+static void pool_demo(void) {
+  carom_pool_opts_t o;
+  memset(&o, 0, sizeof o);
+  o.size = sizeof o;
+  o.processes = 2;
+  carom_pool_t *pool;
+  int rc = carom_pool_create(&o, &pool);
+  if (rc) {
+    printf("[pool]  create failed: %s\n", carom_strerror(rc));
+    return;
+  }
+
+  /* 1. imap over 400 items with a progress line. */
+  enum { N = 400 };
+  static int64_t xs[N];
+  static struct iovec items[N];
+  for (int i = 0; i < N; i++) xs[i] = i, items[i] = (struct iovec){&xs[i], sizeof xs[i]};
+  carom_job_t *job;
+  uint64_t t0 = carom_now_ns();
+  carom_pool_imap(pool, slow_square, items, N, 4, true, &job);
+  int64_t sum = 0;
+  size_t idx, got = 0;
+  const void *d;
+  size_t n;
+  while ((rc = carom_job_next(job, NULL, &idx, &d, &n)) != CAROM_EEOF) {
+    if (rc == 0) {
+      int64_t v;
+      memcpy(&v, d, sizeof v);
+      sum += v;
+    }
+    if ((++got % 40 == 0 || got == N) && isatty(STDOUT_FILENO)) {
+      printf("\r[pool]  imap of %d tasks (2 ms each) on 2 workers: %3zu/%d done", N, got, N);
+      fflush(stdout);
+    }
+  }
+  if (!isatty(STDOUT_FILENO)) printf("[pool]  imap of %d tasks (2 ms each) on 2 workers: %zu/%d done", N, got, N);
+  printf(" - sum of squares = %lld (%s) in %.0f ms\n", (long long)sum,
+         sum == (int64_t)(N - 1) * N * (2 * N - 1) / 6 ? "correct" : "WRONG",
+         (double)(carom_now_ns() - t0) / 1e6);
+  carom_job_release(job);
+
+  /* 2. A task that fails: its error code and message reach the caller. */
+  carom_pool_apply_async(pool, parse_positive, "-7", 3, NULL, &job);
+  rc = carom_job_get(job, NULL, &d, &n);
+  printf("[pool]  task parse_positive(\"-7\") -> %s: %s\n", carom_err_name(rc), (const char *)d);
+  carom_job_release(job);
+
+  /* 3. A worker killed with SIGKILL in the middle of its task. */
+  carom_job_t *victim, *bystander;
+  carom_pool_apply_async(pool, sleep_forever, NULL, 0, NULL, &victim);
+  int64_t x = 12;
+  carom_pool_apply_async(pool, slow_square, &x, sizeof x, NULL, &bystander);
+  while (!carom_job_accepted(victim)) usleep(1000);
+  pid_t pid;
+  carom_job_pids(victim, &pid, 1);
+  kill(pid, SIGKILL);
+  uint64_t k = carom_now_ns();
+  rc = carom_job_get(victim, NULL, &d, &n);
+  printf("[pool]  worker %d SIGKILLed mid-task -> its task: %s (%s) after %.1f ms\n", (int)pid,
+         carom_err_name(rc), (const char *)d, (double)(carom_now_ns() - k) / 1e6);
+  rc = carom_job_get(bystander, NULL, &d, &n);
+  int64_t v = 0;
+  if (rc == 0) memcpy(&v, d, sizeof v);
+  printf("[pool]  the other task still completed: slow_square(12) = %lld (%s)\n", (long long)v,
+         carom_err_name(rc));
+  carom_job_release(victim);
+  carom_job_release(bystander);
+  pid_t pids[4];
+  int nw = carom_pool_workers(pool, pids, 4);
+  void *res;
+  size_t rlen;
+  x = 9;
+  rc = carom_pool_apply(pool, slow_square, &x, sizeof x, &res, &rlen);
+  if (rc == 0) {
+    memcpy(&v, res, sizeof v);
+    free(res);
+  }
+  printf("[pool]  pool keeps serving: %d workers alive, slow_square(9) = %lld (%s)\n", nw,
+         (long long)v, carom_err_name(rc));
+  carom_pool_close(pool);
+  carom_pool_join(pool, NULL);
+  carom_pool_free(pool);
 }
 
 int main(void) {
@@ -82,5 +190,7 @@ int main(void) {
   waitpid(w, NULL, 0);
   carom_lock_release(&s->lock);
   munmap(s, sizeof *s);
+
+  pool_demo();
   return 0;
 }

@@ -71,7 +71,8 @@ extern "C" {
   X(ENOTLOCKED, -4017, "release of an unlocked lock")                          \
   X(EOVERRELEASE, -4018, "semaphore released too many times")                  \
   X(ETASKDONE, -4019, "task_done() called more times than items were put")     \
-  X(EREMOTE, -4020, "the task failed with an error of its own")
+  X(EREMOTE, -4020, "the task failed with an error of its own")              \
+  X(EINITIALIZER, -4021, "worker initializer failed")
 
 typedef enum {
 #define CAROM__ERR_ENUM(name, value, msg) CAROM_##name = (value),

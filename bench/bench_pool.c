@@ -1,0 +1,208 @@
+/* bench/bench_pool.c — the Pool's throughput and latency figures (issue: pool
+ * benchmarks), with this machine's raw fork+_exit+waitpid rate measured in the
+ * same run as the bound for worker recycling. Python peers (multiprocessing,
+ * billiard) doing the same work come from bench/peers (peer.* figures). */
+#include "bench.h"
+#include "carom/pool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int trivial(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  int64_t x;
+  memcpy(&x, arg, sizeof x);
+  x = x * 2 + 1;
+  return carom_task_return(ctx, &x, sizeof x);
+}
+
+static carom_pool_t *pool_new(unsigned maxtasks) {
+  carom_pool_opts_t o;
+  memset(&o, 0, sizeof o);
+  o.size = sizeof o;
+  o.processes = 2;
+  o.maxtasksperchild = maxtasks;
+  carom_pool_t *p;
+  if (carom_pool_create(&o, &p) != 0) {
+    fprintf(stderr, "bench pool: create failed\n");
+    exit(1);
+  }
+  return p;
+}
+
+static struct iovec *make_items(size_t n, int64_t **store) {
+  *store = malloc(n * sizeof **store);
+  struct iovec *it = malloc(n * sizeof *it);
+  if (!*store || !it) abort();
+  for (size_t i = 0; i < n; i++) {
+    (*store)[i] = (int64_t)i;
+    it[i] = (struct iovec){&(*store)[i], sizeof(int64_t)};
+  }
+  return it;
+}
+
+/* Item i of job j must be trivial(x) = 2x + 1. */
+static void check_item(carom_job_t *j, size_t i, int64_t x) {
+  const void *d;
+  size_t n;
+  int64_t v = 0;
+  if (carom_job_item(j, i, &d, &n) == 0 && n == sizeof v) memcpy(&v, d, sizeof v);
+  if (v != x * 2 + 1) {
+    fprintf(stderr, "bench pool: wrong result for item %zu\n", i);
+    exit(1);
+  }
+}
+
+static void map_run(bench_ctx_t *ctx, const char *figure, size_t n, size_t chunksize) {
+  carom_pool_t *p = pool_new(0);
+  int64_t *store;
+  struct iovec *items = make_items(n, &store);
+  carom_job_t *j;
+  uint64_t t0 = bench_now_ns();
+  if (carom_pool_map(p, trivial, items, n, chunksize, &j) != 0) exit(1);
+  uint64_t t1 = bench_now_ns();
+  for (size_t i = 0; i < n; i++) check_item(j, i, (int64_t)i);
+  carom_job_release(j);
+  char params[96];
+  snprintf(params, sizeof params, "{\"items\": %zu, \"chunksize\": %zu, \"processes\": 2}", n, chunksize);
+  bench_report(ctx, figure, (double)n / ((double)(t1 - t0) / 1e9), "items/s", params);
+  carom_pool_free(p);
+  free(items);
+  free(store);
+}
+
+static void pool_map(bench_ctx_t *ctx) {
+  map_run(ctx, "pool.map.1M.default_chunks", bench_scale(ctx, 1000000), 0);
+  map_run(ctx, "pool.map.100k.chunksize1", bench_scale(ctx, 100000), 1);
+}
+
+static void pool_apply_async(bench_ctx_t *ctx) {
+  carom_pool_t *p = pool_new(0);
+  size_t n = bench_scale(ctx, 50000);
+  carom_job_t **jobs = malloc(n * sizeof *jobs);
+  uint64_t t0 = bench_now_ns();
+  for (size_t i = 0; i < n; i++) {
+    int64_t x = (int64_t)i;
+    if (carom_pool_apply_async(p, trivial, &x, sizeof x, NULL, &jobs[i]) != 0) exit(1);
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (carom_job_wait(jobs[i], NULL) != 0) exit(1);
+  }
+  uint64_t t1 = bench_now_ns();
+  for (size_t i = 0; i < n; i++) {
+    check_item(jobs[i], 0, (int64_t)i);
+    carom_job_release(jobs[i]);
+  }
+  free(jobs);
+  char params[64];
+  snprintf(params, sizeof params, "{\"tasks\": %zu, \"processes\": 2}", n);
+  bench_report(ctx, "pool.apply_async", (double)n / ((double)(t1 - t0) / 1e9), "tasks/s", params);
+  carom_pool_free(p);
+}
+
+static void pool_imap_unordered(bench_ctx_t *ctx) {
+  carom_pool_t *p = pool_new(0);
+  size_t n = bench_scale(ctx, 200000);
+  int64_t *store;
+  struct iovec *items = make_items(n, &store);
+  carom_job_t *j;
+  uint64_t t0 = bench_now_ns();
+  if (carom_pool_imap(p, trivial, items, n, 100, false, &j) != 0) exit(1);
+  size_t got = 0, idx;
+  const void *d;
+  size_t len;
+  while (carom_job_next(j, NULL, &idx, &d, &len) == 0) got++;
+  uint64_t t1 = bench_now_ns();
+  if (got != n) {
+    fprintf(stderr, "bench pool: imap delivered %zu of %zu\n", got, n);
+    exit(1);
+  }
+  carom_job_release(j);
+  char params[80];
+  snprintf(params, sizeof params, "{\"items\": %zu, \"chunksize\": 100, \"processes\": 2}", n);
+  bench_report(ctx, "pool.imap_unordered", (double)n / ((double)(t1 - t0) / 1e9), "items/s", params);
+  carom_pool_free(p);
+  free(items);
+  free(store);
+}
+
+static void pool_maxtasks1(bench_ctx_t *ctx) {
+  size_t n = bench_scale(ctx, 2000);
+  carom_pool_t *p = pool_new(1);
+  carom_job_t **jobs = malloc(n * sizeof *jobs);
+  uint64_t t0 = bench_now_ns();
+  for (size_t i = 0; i < n; i++) {
+    int64_t x = 0;
+    if (carom_pool_apply_async(p, trivial, &x, sizeof x, NULL, &jobs[i]) != 0) exit(1);
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (carom_job_wait(jobs[i], NULL) != 0) exit(1);
+    carom_job_release(jobs[i]);
+  }
+  uint64_t t1 = bench_now_ns();
+  free(jobs);
+  carom_pool_free(p);
+  /* The floor: fork + _exit + waitpid, one at a time, same run. */
+  uint64_t t2 = bench_now_ns();
+  for (size_t i = 0; i < n; i++) {
+    pid_t c = fork();
+    if (c == 0) _exit(0);
+    waitpid(c, NULL, 0);
+  }
+  uint64_t t3 = bench_now_ns();
+  char params[64];
+  snprintf(params, sizeof params, "{\"tasks\": %zu, \"processes\": 2}", n);
+  bench_report(ctx, "pool.maxtasksperchild1", (double)n / ((double)(t1 - t0) / 1e9), "tasks/s", params);
+  bench_report(ctx, "raw.fork_exit_wait", (double)n / ((double)(t3 - t2) / 1e9), "forks/s", params);
+  bench_ratio("pool.maxtasksperchild1 / raw fork+exit+wait (target >= 0.7)",
+              "pool.maxtasksperchild1", "raw.fork_exit_wait");
+}
+
+static void pool_start_stop(bench_ctx_t *ctx) {
+  int reps = ctx->quick ? 20 : 100;
+  uint64_t t0 = bench_now_ns();
+  for (int r = 0; r < reps; r++) {
+    carom_pool_t *p = pool_new(0);
+    int64_t x = 1;
+    void *res;
+    size_t len;
+    if (carom_pool_apply(p, trivial, &x, sizeof x, &res, &len) != 0) exit(1);
+    free(res);
+    carom_pool_close(p);
+    carom_pool_join(p, NULL);
+    carom_pool_free(p);
+  }
+  uint64_t t1 = bench_now_ns();
+  bench_report(ctx, "pool.start_task_shutdown", (double)(t1 - t0) / 1e6 / reps, "ms",
+               "{\"processes\": 2}");
+}
+
+CAROM_BENCH("pool", "pool.map", pool_map)
+CAROM_BENCH("pool", "pool.apply_async", pool_apply_async)
+CAROM_BENCH("pool", "pool.imap_unordered", pool_imap_unordered)
+CAROM_BENCH("pool", "pool.maxtasksperchild1", pool_maxtasks1)
+CAROM_BENCH("pool", "pool.start_task_shutdown", pool_start_stop)
+
+/* carom vs the Python peers measured in the same run (bench/bench_peers.c).
+ * Rates: carom / peer; times: peer / carom. Both read "how many times faster". */
+__attribute__((constructor)) static void pool_ratios(void) {
+  static const char *libs[] = {"mp", "billiard"};
+  char label[128], peer[96];
+  for (int i = 0; i < 2; i++) {
+    const char *l = libs[i];
+#define RATIO(fig, pname, what)                                                       \
+  snprintf(peer, sizeof peer, "peer.%s.pool.%s", l, pname);                           \
+  snprintf(label, sizeof label, "speedup vs %s: %s", l, what);                        \
+  bench_ratio(label, fig, peer);
+    RATIO("pool.map.1M.default_chunks", "map", "pool.map (target >= 20)")
+    RATIO("pool.apply_async", "apply_async", "pool.apply_async (target >= 20)")
+    RATIO("pool.imap_unordered", "imap_unordered", "pool.imap_unordered (target >= 20)")
+    RATIO("pool.maxtasksperchild1", "maxtasks1", "maxtasksperchild=1 (target >= 10)")
+#undef RATIO
+    snprintf(peer, sizeof peer, "peer.%s.pool.lifecycle", l);
+    snprintf(label, sizeof label, "speedup vs %s: pool start+task+shutdown (target >= 10)", l);
+    bench_ratio(label, peer, "pool.start_task_shutdown");
+  }
+}

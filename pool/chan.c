@@ -1,0 +1,109 @@
+/* pool/chan.c — single-producer single-consumer byte ring of frames in shared
+ * memory, the pool's task and result channel.
+ *
+ * Invariants: head and tail only grow (they are byte counts, reduced modulo
+ * cap for positions); 0 <= head - tail <= cap; every frame starts 8-byte
+ * aligned and is published by one release store of head after its bytes are
+ * written, so a reader that acquires head sees whole frames only. A producer
+ * that dies mid-frame leaves bytes beyond head that no reader looks at.
+ *
+ * Memory ordering:
+ *   producer: write frame bytes; store-release head   (publishes the frame)
+ *   consumer: load-acquire head; read frame; store-release tail (frees space)
+ *   producer: load-acquire tail before reusing space  (frees are seen)
+ */
+#include "pool/internal.h"
+
+#include <string.h>
+
+static inline uint64_t r8(uint64_t n) { return (n + 7) & ~(uint64_t)7; }
+
+void chan_init(chan_t *c, uint64_t data_off, uint64_t cap) {
+  atomic_init(&c->head, 0);
+  atomic_init(&c->tail, 0);
+  atomic_init(&c->prod_wait, 0);
+  atomic_init(&c->cons_wait, 0);
+  c->cap = cap;
+  c->data_off = data_off;
+}
+
+/* Copy n bytes of the message starting at message offset off from iov. */
+static void gather(char *dst, const struct iovec *iov, int iovcnt, size_t off, size_t n) {
+  int i = 0;
+  while (i < iovcnt && off >= iov[i].iov_len) off -= iov[i++].iov_len;
+  while (n > 0 && i < iovcnt) {
+    size_t take = iov[i].iov_len - off;
+    if (take > n) take = n;
+    memcpy(dst, (const char *)iov[i].iov_base + off, take);
+    dst += take;
+    n -= take;
+    off = 0;
+    i++;
+  }
+}
+
+enum { MIN_PARTIAL = 512 };
+
+bool chan_write(chan_t *c, const struct iovec *iov, int iovcnt, size_t total, size_t *progress) {
+  const uint64_t mask = c->cap - 1;
+  char *data = chan_data(c);
+  uint64_t head = atomic_load_explicit(&c->head, memory_order_relaxed);
+  while (*progress < total) {
+    uint64_t tail = atomic_load_explicit(&c->tail, memory_order_acquire);
+    uint64_t free = c->cap - (head - tail);
+    uint64_t pos = head & mask, contig = c->cap - pos;
+    uint64_t chunk = total - *progress;
+    if (chunk > chan_max_frame(c)) chunk = chan_max_frame(c);
+    uint64_t want = sizeof(frame_t) + r8(chunk);
+    if (want > contig || want > free) {
+      if (contig < want && free >= contig + want) {
+        goto pad; /* fits whole at the start */
+      }
+      uint64_t room = contig < free ? contig : free;
+      if (room >= sizeof(frame_t) + MIN_PARTIAL) {
+        chunk = (room - sizeof(frame_t)) & ~(uint64_t)7;
+        want = sizeof(frame_t) + chunk;
+      } else if (contig < free && free - contig >= sizeof(frame_t) + MIN_PARTIAL) {
+        goto pad;
+      } else {
+        return false;
+      }
+    }
+    {
+      frame_t *f = (frame_t *)(data + pos);
+      gather((char *)(f + 1), iov, iovcnt, *progress, chunk);
+      f->len = (uint32_t)chunk;
+      f->flags = (*progress == 0 ? FR_FIRST : 0) | (*progress + chunk == total ? FR_LAST : 0);
+      head += want;
+      *progress += chunk;
+      atomic_store_explicit(&c->head, head, memory_order_release);
+      continue;
+    }
+  pad : {
+    frame_t *f = (frame_t *)(data + pos);
+    f->len = (uint32_t)(contig - sizeof(frame_t));
+    f->flags = FR_PAD;
+    head += contig;
+    atomic_store_explicit(&c->head, head, memory_order_release);
+  }
+  }
+  return true;
+}
+
+const frame_t *chan_peek(chan_t *c) {
+  const uint64_t mask = c->cap - 1;
+  uint64_t tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
+  for (;;) {
+    uint64_t head = atomic_load_explicit(&c->head, memory_order_acquire);
+    if (tail == head) return NULL;
+    const frame_t *f = (const frame_t *)(chan_data(c) + (tail & mask));
+    if (!(f->flags & FR_PAD)) return f;
+    tail += sizeof(frame_t) + f->len;
+    atomic_store_explicit(&c->tail, tail, memory_order_release);
+  }
+}
+
+void chan_consume(chan_t *c, const frame_t *f) {
+  uint64_t tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
+  atomic_store_explicit(&c->tail, tail + sizeof(frame_t) + r8(f->len), memory_order_release);
+}

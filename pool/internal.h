@@ -1,0 +1,163 @@
+/* pool/internal.h — private structures of the pool (never installed).
+ *
+ * Shared region (one MAP_SHARED anonymous mapping made before the template
+ * process is forked, so the template and every worker see it at the same
+ * address):
+ *
+ *   pool_shm_t header | slot_t[nslots] | per slot: down chan, up chan
+ *
+ * A chan is a single-producer single-consumer byte ring of frames. Down chans
+ * carry task messages supervisor → worker; up chans carry results worker →
+ * supervisor. Nothing in shared memory is protected by a lock, so a worker
+ * dying at any instruction can only leave an unpublished frame behind, which
+ * no reader ever sees.
+ */
+#ifndef CAROM_POOL_INTERNAL_H
+#define CAROM_POOL_INTERNAL_H
+
+#include "base/internal.h"
+#include "carom/pool.h"
+
+/* ---------------------------------------------------------------- chan */
+
+/* Frame: 8-byte header then the payload padded to 8 bytes. A message is one or
+ * more frames, FIRST on the first and LAST on the last. PAD fills the end of
+ * the ring when a frame does not fit before the wrap. */
+enum { FR_FIRST = 1, FR_LAST = 2, FR_PAD = 4 };
+
+typedef struct {
+  uint32_t len;   /* payload bytes */
+  uint32_t flags; /* FR_* */
+} frame_t;
+
+typedef struct {
+  /* producer's line */
+  _Atomic uint64_t head;      /* bytes published (release by producer) */
+  _Atomic uint32_t prod_wait; /* producer sleeps (or wants a wake-up) for space */
+  char pad0[CAROM_CACHELINE - 12];
+  /* consumer's line */
+  _Atomic uint64_t tail;      /* bytes consumed (release by consumer) */
+  _Atomic uint32_t cons_wait; /* consumer sleeps for data */
+  char pad1[CAROM_CACHELINE - 12];
+  uint64_t cap;       /* data bytes, power of two */
+  uint64_t data_off;  /* offset of the data area from this struct */
+  char pad2[CAROM_CACHELINE - 16];
+} chan_t;
+
+static inline char *chan_data(chan_t *c) { return (char *)c + c->data_off; }
+static inline uint64_t chan_max_frame(const chan_t *c) { return c->cap / 4 - sizeof(frame_t); }
+
+void chan_init(chan_t *c, uint64_t data_off, uint64_t cap);
+/* Write frames of a message from iov (total bytes `total`), resuming at
+ * *progress (bytes of the message already written). Returns true when the
+ * whole message is published, false when the ring filled first (call again
+ * later with the same arguments). Publishes after every frame. */
+bool chan_write(chan_t *c, const struct iovec *iov, int iovcnt, size_t total, size_t *progress);
+/* The next frame, or NULL when none is published. Skips PAD frames. */
+const frame_t *chan_peek(chan_t *c);
+/* Release the frame returned by chan_peek. */
+void chan_consume(chan_t *c, const frame_t *f);
+static inline bool chan_empty(chan_t *c) {
+  return atomic_load_explicit(&c->head, memory_order_acquire) ==
+         atomic_load_explicit(&c->tail, memory_order_relaxed);
+}
+
+/* -------------------------------------------------------------- messages */
+
+enum {
+  MSG_TASK = 1,   /* down: items to run */
+  MSG_RESULT = 2, /* up: results of a MSG_TASK */
+  MSG_READY = 3,  /* up: worker started (initializer done) */
+};
+
+/* Header at the start of every message. Down MSG_TASK: header, then
+ * uint32_t len[count] padded to 8, then the items' bytes. Up MSG_RESULT:
+ * header, then {int32 code; uint32 len}[count], then the results' bytes (error
+ * messages for failed items). */
+typedef struct {
+  uint64_t job_id;
+  uint64_t fn;       /* carom_task_fn (down) */
+  uint64_t first;    /* index of the first item in the job */
+  uint32_t kind;
+  uint32_t count;
+  uint64_t seq;      /* per-slot message sequence number (down) / echoed (up) */
+} msg_t;
+
+typedef struct {
+  int32_t code;
+  uint32_t len;
+} item_res_t;
+
+/* ------------------------------------------------------------------ slots */
+
+enum { ERRMSG_MAX = 256, CANCEL_RING = 16 };
+
+/* One per worker position; the worker process in it changes over time. */
+typedef struct {
+  /* written by the worker */
+  _Atomic uint64_t started;   /* messages started (seq of the running one + 1) */
+  _Atomic uint32_t item;      /* index within the running message */
+  _Atomic uint64_t started_ns; /* CLOCK_MONOTONIC when the running message started */
+  _Atomic uint64_t soft_seq;  /* seq + 1 of the message whose soft limit expired */
+  _Atomic int32_t pid;        /* worker pid (also set by the supervisor) */
+  char errmsg[ERRMSG_MAX];    /* initializer failure message */
+  /* written by the supervisor: seq + 1 of queued messages to skip (cancelled),
+   * at index seq % CANCEL_RING; at most 1 + prefetch <= CANCEL_RING are queued */
+  _Atomic uint64_t cancel[16];
+  char pad[CAROM_CACHELINE - 16];
+  uint64_t down_off, up_off;  /* offsets of the chans from the shared base */
+} slot_t;
+
+typedef struct {
+  uint64_t magic;
+  uint32_t nslots;
+  uint32_t pad0;
+  _Atomic uint32_t sup_sleep; /* the supervisor sleeps in epoll: write evfd */
+  char pad1[CAROM_CACHELINE - 20];
+} pool_shm_t;
+
+/* Worker exit codes with a meaning. */
+enum { EX_RECYCLE = 0x9B, EX_INITFAIL = 0x9C, EX_SETUP = 0x9D };
+
+/* ------------------------------------------------------------ template */
+
+/* Requests over the template socket: parent → template. */
+typedef struct {
+  uint32_t op; /* TPL_SPAWN / TPL_KILL */
+  uint32_t slot;
+  int32_t pid;
+  int32_t sig;
+} tpl_req_t;
+
+/* Replies template → parent. */
+typedef struct {
+  uint32_t op; /* TPL_SPAWNED / TPL_EXITED */
+  uint32_t slot;
+  int32_t pid;
+  int32_t status; /* wait status (TPL_EXITED) or -errno (failed spawn) */
+} tpl_rep_t;
+
+enum { TPL_SPAWN = 1, TPL_KILL = 2, TPL_SPAWNED = 3, TPL_EXITED = 4 };
+
+struct pool_worker_cfg {
+  void *shm;
+  int evfd;
+  const carom_pool_opts_t *opts;
+};
+
+/* Template process main: never returns. */
+__attribute__((noreturn)) void carom__pool_template_main(int sock, pid_t owner,
+                                                         const struct pool_worker_cfg *cfg);
+/* Worker main: never returns. */
+__attribute__((noreturn)) void carom__pool_worker_main(unsigned slot,
+                                                       const struct pool_worker_cfg *cfg);
+
+/* Wake the supervisor if it sleeps (worker side). */
+void carom__pool_wake_supervisor(pool_shm_t *h, int evfd);
+
+static inline slot_t *pool_slot(void *shm, unsigned i) {
+  return (slot_t *)((char *)shm + sizeof(pool_shm_t)) + i;
+}
+static inline chan_t *pool_chan(void *shm, uint64_t off) { return (chan_t *)((char *)shm + off); }
+
+#endif

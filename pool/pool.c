@@ -1,0 +1,1681 @@
+/* pool/pool.c — the Pool: submission, the supervisor thread, dispatch, results,
+ * lost-worker handling and lifecycle.
+ *
+ * Threads: callers submit from any thread (pool->mu guards the submission
+ * list and the pool state); one supervisor thread owns everything else (slots,
+ * the pending list, dispatch, result parsing, deaths) and is the only thread
+ * that touches the shared channels on the parent side. A job's results are
+ * written by the supervisor under job->mu and read by callers under it.
+ *
+ * Life of a task: carom_pool_apply_async copies the argument into a job and
+ * appends it to the submission list (waking the supervisor if it sleeps) →
+ * the supervisor moves it to its pending list → dispatch() writes a MSG_TASK
+ * for a chunk of items into the down chan of a worker with room (at most
+ * 1 + prefetch messages in flight per worker) and records it in the slot's
+ * in-flight FIFO → the worker raises `started`, runs the items, publishes a
+ * MSG_RESULT → the supervisor stores the results in the job, pops the FIFO,
+ * and when the job's last item is in, marks it done, wakes waiters and runs
+ * the callback. If the worker dies instead: its up chan is drained, the
+ * running message's started items end CAROM_EWORKERLOST, every unstarted
+ * message goes back to the front of the pending list, and a replacement is
+ * spawned through the template.
+ */
+#include "pool/internal.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#define POOL_MAGIC 0x6361726f6d706f6full
+enum { POOL_RUN = 0, POOL_CLOSE = 1, POOL_TERMINATE = 2 };
+enum { JOB_APPLY = 0, JOB_MAP = 1, JOB_IMAP = 2 };
+enum { CODE_PENDING = 1 }; /* item not finished (codes are <= 0) */
+enum { SUP_SPIN = 4000 };
+enum { MAX_JOB_PIDS = 16 };
+
+/* ------------------------------------------------------------------ jobs */
+
+typedef struct res_block {
+  struct res_block *next;
+  char data[];
+} res_block_t;
+
+typedef struct {
+  int32_t code;
+  uint32_t len;
+  const char *data;
+} item_t;
+
+/* A range of items to (re)dispatch. */
+typedef struct redo {
+  struct redo *next;
+  size_t first, count;
+} redo_t;
+
+struct carom_job {
+  _Atomic int refs;
+  carom_pool_t *pool; /* valid while the job is not done */
+  uint64_t id;
+  int kind;
+  bool ordered;
+  carom_task_fn fn;
+  size_t n, chunksize;
+  char *in;          /* all items' bytes, contiguous */
+  uint64_t *in_off;  /* n + 1 offsets into in */
+  uint32_t *in_len;  /* n lengths */
+  carom_submit_opts_t cb;
+  uint64_t soft_ns, hard_ns; /* limits (0: none) */
+  bool timeout_set_called;
+
+  /* supervisor only */
+  size_t next_item;  /* first item never dispatched */
+  redo_t *redo;      /* ranges to dispatch again, first */
+  size_t inflight;   /* messages in flight */
+  struct carom_job *next_sub, *next_pend;
+  bool pending;      /* on the pending list */
+  bool accept_cb_done;
+
+  /* shared with callers, under mu */
+  pthread_mutex_t mu;
+  item_t *items;
+  res_block_t *blocks;
+  size_t ndone;
+  int first_error;
+  size_t *order; /* completion order (imap unordered) */
+  size_t norder, next_unordered, next_ordered;
+  pid_t pids[MAX_JOB_PIDS];
+  int npids;
+  _Atomic bool accepted;
+  _Atomic bool cancel_req;
+  _Atomic int term_sig;
+  _Atomic uint32_t done;     /* futex: 1 when every item ended */
+  _Atomic uint32_t progress; /* futex: bumped when items end */
+  _Atomic uint32_t waiters;
+};
+
+/* ------------------------------------------------------------------ slots */
+
+enum { W_EMPTY = 0, W_SPAWNING, W_STARTING, W_UP, W_DEAD };
+
+typedef struct {
+  carom_job_t *job;
+  size_t first, count;
+  uint64_t seq;
+} flight_t;
+
+typedef struct {
+  int state;
+  pid_t pid;
+  int pidfd;
+  uint64_t soft_sent, hard_sent; /* seq + 1 of the message signalled / killed */
+  bool exited;      /* pidfd fired */
+  bool stop_sent;   /* we asked it to stop (close/terminate) */
+  bool have_status; /* template reported */
+  int status;
+  uint64_t seq;     /* messages sent */
+  uint64_t acc;     /* `started` value already seen */
+  flight_t *fifo;
+  unsigned fifo_head, fifo_n, fifo_cap;
+  /* a message partly written into the down chan */
+  bool sending;
+  char hdr[sizeof(msg_t) + 8];
+  struct iovec iov[3];
+  size_t send_total, send_progress;
+  unsigned sent_msgs;       /* for maxtasksperchild */
+  /* reassembly of a multi-frame result */
+  char *rbuf;
+  size_t rlen, rcap;
+  /* respawn policy */
+  unsigned init_failures;
+  uint64_t respawn_at;
+  uint64_t dead_since;
+} wslot_t;
+
+struct carom_pool {
+  pid_t owner;
+  carom_pool_opts_t opts;
+  unsigned nslots;
+  void *shm;
+  size_t shm_size;
+  int evfd, sock, epfd;
+  pid_t tpl_pid;
+  int tpl_pidfd;
+  pthread_t sup;
+  bool sup_started;
+  struct pool_worker_cfg cfg;
+
+  pthread_mutex_t mu; /* guards the fields below */
+  carom_job_t *sub_head, *sub_tail;
+  int state;
+  _Atomic bool sub_flag; /* something in the submission list */
+  _Atomic uint32_t sup_exited;
+  char init_error[ERRMSG_MAX];
+  bool init_broken; /* initializer keeps failing */
+  /* shutdown(grace): running work may finish until grace_ns, then terminate */
+  bool shutting_down, shutdown_cancel;
+  uint64_t grace_ns;
+  int term_running, term_queued; /* codes for terminate (ETERMINATED/ECANCELLED or -EINTR) */
+  struct kill_req { pid_t pid; int sig; } kills[16];
+  int nkills;
+  _Atomic bool kill_flag;
+
+  /* supervisor only */
+  wslot_t *slots;
+  carom_job_t *pend_head, *pend_tail;
+  size_t live_jobs; /* accepted from the submission list, not finished */
+  _Atomic uint64_t next_id;
+  _Atomic uint32_t cancel_epoch; /* bumped by cancel/terminate requests */
+  unsigned healthy; /* workers that reported READY since the last init failure */
+  bool tpl_dead;
+};
+
+/* ---------------------------------------------------------- job helpers */
+
+static void job_unref(carom_job_t *j) {
+  if (atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) != 1) return;
+  while (j->blocks) {
+    res_block_t *b = j->blocks;
+    j->blocks = b->next;
+    free(b);
+  }
+  while (j->redo) {
+    redo_t *r = j->redo;
+    j->redo = r->next;
+    free(r);
+  }
+  pthread_mutex_destroy(&j->mu);
+  free(j->order);
+  free(j);
+}
+
+static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct iovec *items,
+                            size_t n, size_t chunksize, const carom_submit_opts_t *cb) {
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (items[i].iov_len > UINT32_MAX - 4096) return NULL;
+    total += items[i].iov_len;
+  }
+  size_t head = sizeof(carom_job_t);
+  size_t off_items = (head + 15) & ~(size_t)15;
+  size_t off_inoff = off_items + n * sizeof(item_t);
+  size_t off_inlen = off_inoff + (n + 1) * sizeof(uint64_t);
+  size_t off_in = off_inlen + ((n * sizeof(uint32_t) + 15) & ~(size_t)15);
+  carom_job_t *j = malloc(off_in + total + 1);
+  if (!j) return NULL;
+  memset(j, 0, sizeof *j);
+  j->items = (item_t *)((char *)j + off_items);
+  j->in_off = (uint64_t *)((char *)j + off_inoff);
+  j->in_len = (uint32_t *)((char *)j + off_inlen);
+  j->in = (char *)j + off_in;
+  uint64_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    j->in_off[i] = o;
+    j->in_len[i] = (uint32_t)items[i].iov_len;
+    if (items[i].iov_len) memcpy(j->in + o, items[i].iov_base, items[i].iov_len);
+    o += items[i].iov_len;
+    j->items[i] = (item_t){CODE_PENDING, 0, NULL};
+  }
+  j->in_off[n] = o;
+  atomic_init(&j->refs, 2); /* caller + pool */
+  j->pool = p;
+  j->id = atomic_fetch_add(&p->next_id, 1) + 1;
+  j->kind = kind;
+  j->fn = fn;
+  j->n = n;
+  j->chunksize = chunksize ? chunksize : 1;
+  if (cb) j->cb = *cb;
+  double soft = j->cb.soft_timeout != 0 ? j->cb.soft_timeout : p->opts.soft_timeout;
+  double hard = j->cb.timeout != 0 ? j->cb.timeout : p->opts.timeout;
+  j->soft_ns = soft > 0 ? (uint64_t)(soft * 1e9) : 0;
+  j->hard_ns = hard > 0 ? (uint64_t)(hard * 1e9) : 0;
+  pthread_mutex_init(&j->mu, NULL);
+  if (kind == JOB_IMAP && n) {
+    j->order = malloc(n * sizeof(size_t));
+    if (!j->order) {
+      pthread_mutex_destroy(&j->mu);
+      free(j);
+      return NULL;
+    }
+  }
+  return j;
+}
+
+static void job_wake(carom_job_t *j) {
+  if (atomic_load_explicit(&j->waiters, memory_order_seq_cst))
+    carom__futex_wake(&j->progress, INT_MAX);
+}
+
+/* Record results for items [first, first+count) (under the supervisor).
+ * Returns true when that finished the job. */
+static bool job_store(carom_job_t *j, size_t first, size_t count, const item_res_t *res,
+                      const char *data, res_block_t *block) {
+  pthread_mutex_lock(&j->mu);
+  if (block) {
+    block->next = j->blocks;
+    j->blocks = block;
+  }
+  const char *d = data;
+  for (size_t k = 0; k < count; k++) {
+    size_t i = first + k;
+    if (j->items[i].code != CODE_PENDING) { /* already ended (cancelled) */
+      d += res[k].len;
+      continue;
+    }
+    j->items[i] = (item_t){res[k].code, res[k].len, d};
+    d += res[k].len;
+    if (res[k].code < 0 && j->first_error == 0) j->first_error = res[k].code;
+    if (j->order) j->order[j->norder++] = i;
+    j->ndone++;
+  }
+  bool fin = j->ndone == j->n;
+  pthread_mutex_unlock(&j->mu);
+  atomic_fetch_add_explicit(&j->progress, 1, memory_order_seq_cst);
+  if (fin) atomic_store_explicit(&j->done, 1, memory_order_seq_cst);
+  job_wake(j);
+  return fin;
+}
+
+/* End items [first, first+count) that are still pending with one code and a
+ * message (each item gets its own copy, kept in a block of the job). */
+static bool job_fail_range(carom_job_t *j, size_t first, size_t count, int code,
+                           const char *msg) {
+  size_t mlen = strlen(msg) + 1;
+  res_block_t *blk = malloc(sizeof *blk + count * mlen);
+  item_res_t *res = malloc(count * sizeof *res);
+  if (!blk || !res) carom__die("out of memory failing a job");
+  for (size_t k = 0; k < count; k++) {
+    res[k] = (item_res_t){code, (uint32_t)mlen};
+    memcpy(blk->data + k * mlen, msg, mlen);
+  }
+  bool fin = job_store(j, first, count, res, blk->data, blk);
+  free(res);
+  return fin;
+}
+
+/* ------------------------------------------------------------- callbacks */
+
+static void job_finish(carom_pool_t *p, carom_job_t *j) {
+  p->live_jobs--;
+  if (j->timeout_set_called && p->opts.on_timeout_cancel)
+    p->opts.on_timeout_cancel(j, p->opts.event_arg);
+  if (j->first_error == 0) {
+    if (j->cb.callback) j->cb.callback(j, j->cb.arg);
+  } else if (j->cb.error_callback) {
+    j->cb.error_callback(j, j->first_error, j->cb.arg);
+  }
+  job_unref(j); /* the pool's reference */
+}
+
+/* ----------------------------------------------------------- supervision */
+
+static void sup_wake(carom_pool_t *p) {
+  carom__pool_wake_supervisor(p->shm, p->evfd);
+}
+
+static void pend_push_front(carom_pool_t *p, carom_job_t *j) {
+  if (j->pending) return;
+  j->pending = true;
+  j->next_pend = p->pend_head;
+  p->pend_head = j;
+  if (!p->pend_tail) p->pend_tail = j;
+}
+
+static void pend_push_back(carom_pool_t *p, carom_job_t *j) {
+  if (j->pending) return;
+  j->pending = true;
+  j->next_pend = NULL;
+  if (p->pend_tail) p->pend_tail->next_pend = j;
+  else p->pend_head = j;
+  p->pend_tail = j;
+}
+
+static void pend_pop(carom_pool_t *p) {
+  carom_job_t *j = p->pend_head;
+  p->pend_head = j->next_pend;
+  if (!p->pend_head) p->pend_tail = NULL;
+  j->pending = false;
+}
+
+static bool job_has_work(carom_job_t *j) { return j->redo || j->next_item < j->n; }
+
+/* Take the next range to dispatch from j. */
+static bool job_take(carom_job_t *j, size_t *first, size_t *count) {
+  if (j->redo) {
+    redo_t *r = j->redo;
+    *first = r->first;
+    *count = r->count;
+    j->redo = r->next;
+    free(r);
+    return true;
+  }
+  if (j->next_item >= j->n) return false;
+  *first = j->next_item;
+  *count = j->n - j->next_item < j->chunksize ? j->n - j->next_item : j->chunksize;
+  j->next_item += *count;
+  return true;
+}
+
+static void job_redo(carom_pool_t *p, carom_job_t *j, size_t first, size_t count) {
+  if (count == 0) return;
+  redo_t *r = malloc(sizeof *r);
+  if (!r) carom__die("out of memory");
+  r->first = first;
+  r->count = count;
+  r->next = j->redo;
+  j->redo = r;
+  pend_push_front(p, j);
+}
+
+static void fifo_push(wslot_t *w, flight_t f) {
+  if (w->fifo_n == w->fifo_cap) {
+    unsigned cap = w->fifo_cap ? w->fifo_cap * 2 : 4;
+    flight_t *nf = malloc(cap * sizeof *nf);
+    if (!nf) carom__die("out of memory");
+    for (unsigned i = 0; i < w->fifo_n; i++) nf[i] = w->fifo[(w->fifo_head + i) % w->fifo_cap];
+    free(w->fifo);
+    w->fifo = nf;
+    w->fifo_cap = cap;
+    w->fifo_head = 0;
+  }
+  w->fifo[(w->fifo_head + w->fifo_n++) % w->fifo_cap] = f;
+}
+
+static flight_t *fifo_front(wslot_t *w) { return w->fifo_n ? &w->fifo[w->fifo_head] : NULL; }
+
+static void fifo_pop(wslot_t *w) {
+  w->fifo_head = (w->fifo_head + 1) % w->fifo_cap;
+  w->fifo_n--;
+}
+
+static void down_notify(chan_t *c) {
+  atomic_thread_fence(memory_order_seq_cst); /* publish before reading the flag */
+  if (atomic_load_explicit(&c->cons_wait, memory_order_relaxed)) {
+    atomic_store_explicit(&c->cons_wait, 0, memory_order_relaxed);
+    carom__futex_wake(&c->cons_wait, 1);
+  }
+}
+
+/* Continue a partial send. Returns true when nothing is left to send. */
+static bool slot_flush(carom_pool_t *p, unsigned i) {
+  wslot_t *w = &p->slots[i];
+  if (!w->sending) return true;
+  chan_t *down = pool_chan(p->shm, pool_slot(p->shm, i)->down_off);
+  bool done = chan_write(down, w->iov, 3, w->send_total, &w->send_progress);
+  down_notify(down);
+  if (done) w->sending = false;
+  else atomic_store_explicit(&down->prod_wait, 1, memory_order_relaxed);
+  return done;
+}
+
+static unsigned slot_capacity(carom_pool_t *p, wslot_t *w) {
+  if (w->state != W_UP || w->sending) return 0;
+  unsigned max = 1 + p->opts.prefetch;
+  unsigned room = w->fifo_n < max ? max - w->fifo_n : 0;
+  if (p->opts.maxtasksperchild) {
+    unsigned left = p->opts.maxtasksperchild - w->sent_msgs;
+    if (room > left) room = left;
+  }
+  return room;
+}
+
+static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first, size_t count) {
+  wslot_t *w = &p->slots[i];
+  msg_t h = {.job_id = j->id, .fn = (uint64_t)(uintptr_t)j->fn, .first = first,
+             .kind = MSG_TASK, .count = (uint32_t)count, .seq = w->seq};
+  memcpy(w->hdr, &h, sizeof h);
+  size_t lens_bytes = count * sizeof(uint32_t);
+  size_t pad = ((lens_bytes + 7) & ~(size_t)7) - lens_bytes;
+  /* iov: header+0..7 pad bytes are laid out as [hdr][lens][pad][items]; the pad
+   * comes from the zeroed tail of w->hdr. */
+  static const char zeros[8];
+  w->iov[0] = (struct iovec){w->hdr, sizeof h};
+  w->iov[1] = (struct iovec){j->in_len + first, lens_bytes};
+  w->iov[2] = (struct iovec){j->in + j->in_off[first], j->in_off[first + count] - j->in_off[first]};
+  if (pad) {
+    /* Rare (odd counts): fold the pad into a bounce copy of the lens. */
+    char *bounce = malloc(lens_bytes + pad);
+    if (!bounce) carom__die("out of memory");
+    memcpy(bounce, j->in_len + first, lens_bytes);
+    memcpy(bounce + lens_bytes, zeros, pad);
+    /* keep the bounce alive in the job's block list */
+    res_block_t *b = malloc(sizeof *b + lens_bytes + pad);
+    if (!b) carom__die("out of memory");
+    memcpy(b->data, bounce, lens_bytes + pad);
+    free(bounce);
+    pthread_mutex_lock(&j->mu);
+    b->next = j->blocks;
+    j->blocks = b;
+    pthread_mutex_unlock(&j->mu);
+    w->iov[1] = (struct iovec){b->data, lens_bytes + pad};
+  }
+  w->send_total = w->iov[0].iov_len + w->iov[1].iov_len + w->iov[2].iov_len;
+  w->send_progress = 0;
+  w->sending = true;
+  fifo_push(w, (flight_t){j, first, count, w->seq});
+  w->seq++;
+  w->sent_msgs++;
+  j->inflight++;
+  slot_flush(p, i);
+}
+
+/* Cancel the undispatched part of a job (called by the supervisor). */
+static void job_cancel_rest(carom_pool_t *p, carom_job_t *j, int code, const char *msg) {
+  bool fin = false;
+  while (j->redo) {
+    redo_t *r = j->redo;
+    j->redo = r->next;
+    fin |= job_fail_range(j, r->first, r->count, code, msg);
+    free(r);
+  }
+  if (j->next_item < j->n) {
+    size_t first = j->next_item;
+    j->next_item = j->n;
+    fin |= job_fail_range(j, first, j->n - first, code, msg);
+  }
+  if (fin) job_finish(p, j);
+}
+
+/* Hand pending work to workers with room. */
+static bool dispatch(carom_pool_t *p) {
+  bool progress = false;
+  for (unsigned i = 0; i < p->nslots; i++)
+    if (p->slots[i].sending) progress |= slot_flush(p, i);
+  while (p->pend_head) {
+    carom_job_t *j = p->pend_head;
+    if (atomic_load_explicit(&j->cancel_req, memory_order_relaxed)) {
+      pend_pop(p);
+      job_cancel_rest(p, j, CAROM_ECANCELLED, "cancelled");
+      continue;
+    }
+    if (!job_has_work(j)) {
+      pend_pop(p);
+      continue;
+    }
+    /* the least loaded worker with room */
+    int best = -1;
+    unsigned best_room = 0;
+    for (unsigned i = 0; i < p->nslots; i++) {
+      unsigned room = slot_capacity(p, &p->slots[i]);
+      if (room > best_room) best = (int)i, best_room = room;
+    }
+    if (best < 0) break;
+    size_t first = 0, count = 0;
+    job_take(j, &first, &count);
+    if (!job_has_work(j)) pend_pop(p);
+    send_task(p, (unsigned)best, j, first, count);
+    progress = true;
+  }
+  return progress;
+}
+
+/* A worker started (part of) a job: record its pid, run accept_callback once. */
+static void job_accepted_by(carom_job_t *j, pid_t pid) {
+  pthread_mutex_lock(&j->mu);
+  bool known = false;
+  for (int q = 0; q < j->npids; q++) known |= j->pids[q] == pid;
+  if (!known && j->npids < MAX_JOB_PIDS) j->pids[j->npids++] = pid;
+  pthread_mutex_unlock(&j->mu);
+  atomic_store(&j->accepted, true);
+  if (!j->accept_cb_done) {
+    j->accept_cb_done = true;
+    if (j->cb.accept_callback) j->cb.accept_callback(j, pid, j->cb.arg);
+    carom_pool_t *p = j->pool;
+    if ((j->soft_ns || j->hard_ns) && p->opts.on_timeout_set) {
+      j->timeout_set_called = true;
+      p->opts.on_timeout_set(j, j->soft_ns / 1e9, j->hard_ns / 1e9, p->opts.event_arg);
+    }
+  }
+}
+
+/* Accept notifications: the worker raised `started`. */
+static void check_started(carom_pool_t *p, unsigned i) {
+  wslot_t *w = &p->slots[i];
+  if (!w->fifo_n) return;
+  uint64_t s = atomic_load_explicit(&pool_slot(p->shm, i)->started, memory_order_acquire);
+  if (s <= w->acc) return;
+  w->acc = s;
+  for (unsigned k = 0; k < w->fifo_n; k++) {
+    flight_t *f = &w->fifo[(w->fifo_head + k) % w->fifo_cap];
+    if (f->seq >= s) break;
+    job_accepted_by(f->job, w->pid);
+  }
+}
+
+static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t len,
+                          res_block_t *block) {
+  wslot_t *w = &p->slots[i];
+  msg_t h;
+  memcpy(&h, msg, sizeof h);
+  if (h.kind == MSG_READY) {
+    if (w->state == W_STARTING) {
+      w->state = W_UP;
+      w->init_failures = 0;
+      p->healthy++;
+      pthread_mutex_lock(&p->mu);
+      p->init_broken = false;
+      pthread_mutex_unlock(&p->mu);
+      if (p->opts.on_process_up) p->opts.on_process_up(w->pid, p->opts.event_arg);
+    }
+    free(block);
+    return;
+  }
+  flight_t *f = fifo_front(w);
+  if (!f || f->seq != h.seq) carom__die("pool: result out of order (slot %u)", i);
+  carom_job_t *j = f->job;
+  size_t first = f->first, count = f->count;
+  fifo_pop(w);
+  j->inflight--;
+  const item_res_t *res = (const item_res_t *)(msg + sizeof h);
+  const char *data = msg + sizeof h + count * sizeof(item_res_t);
+  (void)len;
+  if (!block) {
+    /* Zero-copy frame: copy the data part out of the ring. */
+    size_t dlen = len - (size_t)(data - msg);
+    size_t rlen = count * sizeof(item_res_t);
+    block = malloc(sizeof *block + rlen + dlen);
+    if (!block) carom__die("out of memory");
+    memcpy(block->data, res, rlen);
+    memcpy(block->data + rlen, data, dlen);
+    res = (const item_res_t *)block->data;
+    data = block->data + rlen;
+  }
+  if (h.seq >= w->acc) job_accepted_by(j, w->pid); /* finished before we saw it start */
+  if (job_store(j, first, count, res, data, block)) job_finish(p, j);
+}
+
+/* Read everything the worker in slot i has published. */
+static bool drain_up(carom_pool_t *p, unsigned i) {
+  wslot_t *w = &p->slots[i];
+  chan_t *up = pool_chan(p->shm, pool_slot(p->shm, i)->up_off);
+  bool any = false;
+  const frame_t *f;
+  while ((f = chan_peek(up))) {
+    any = true;
+    if ((f->flags & (FR_FIRST | FR_LAST)) == (FR_FIRST | FR_LAST)) {
+      handle_result(p, i, (const char *)(f + 1), f->len, NULL);
+      chan_consume(up, f);
+    } else {
+      if (f->flags & FR_FIRST) w->rlen = 0;
+      if (w->rlen + f->len > w->rcap) {
+        size_t cap = w->rcap ? w->rcap : 65536;
+        while (cap < w->rlen + f->len) cap *= 2;
+        char *nb = realloc(w->rbuf, cap);
+        if (!nb) carom__die("out of memory");
+        w->rbuf = nb;
+        w->rcap = cap;
+      }
+      memcpy(w->rbuf + w->rlen, f + 1, f->len);
+      w->rlen += f->len;
+      bool last = f->flags & FR_LAST;
+      chan_consume(up, f);
+      if (last) {
+        handle_result(p, i, w->rbuf, w->rlen, NULL);
+        w->rlen = 0;
+      }
+    }
+    /* The worker may wait for space. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&up->prod_wait, memory_order_relaxed)) {
+      atomic_store_explicit(&up->prod_wait, 0, memory_order_relaxed);
+      carom__futex_wake(&up->prod_wait, 1);
+    }
+  }
+  return any;
+}
+
+static int spawn_worker(carom_pool_t *p, unsigned i) {
+  wslot_t *w = &p->slots[i];
+  slot_t *s = pool_slot(p->shm, i);
+  chan_t *down = pool_chan(p->shm, s->down_off), *up = pool_chan(p->shm, s->up_off);
+  /* Fresh channels for the new worker: nothing of the old one is pending. */
+  chan_init(down, down->data_off, down->cap);
+  chan_init(up, up->data_off, up->cap);
+  atomic_store(&s->started, 0);
+  atomic_store(&s->item, 0);
+  atomic_store(&s->pid, 0);
+  s->errmsg[0] = 0;
+  w->seq = w->acc = 0;
+  w->sent_msgs = 0;
+  w->rlen = 0;
+  w->sending = false;
+  w->exited = w->have_status = false;
+  tpl_req_t q = {TPL_SPAWN, i, 0, 0};
+  if (send(p->sock, &q, sizeof q, MSG_NOSIGNAL) != (ssize_t)sizeof q) return -errno;
+  w->state = W_SPAWNING;
+  return 0;
+}
+
+static const char *signame(int sig) {
+  const char *s = sigabbrev_np(sig);
+  return s ? s : "?";
+}
+
+/* The worker in slot i is gone (pidfd fired and/or template reported). */
+static void worker_gone(carom_pool_t *p, unsigned i) {
+  wslot_t *w = &p->slots[i];
+  slot_t *s = pool_slot(p->shm, i);
+  drain_up(p, i); /* results it published before dying are good */
+  int st = w->status;
+  carom_worker_exit_t ex = {.pid = w->pid, .job_id = 0};
+  if (!w->have_status) {
+    ex.how = CAROM_WORKER_SIGNALED;
+    ex.exitcode = -SIGKILL;
+  } else if (WIFSIGNALED(st)) {
+    ex.how = CAROM_WORKER_SIGNALED;
+    ex.exitcode = -WTERMSIG(st);
+  } else {
+    ex.exitcode = WEXITSTATUS(st);
+    ex.how = ex.exitcode == EX_RECYCLE    ? CAROM_WORKER_RECYCLED
+             : ex.exitcode == EX_INITFAIL ? CAROM_WORKER_INIT_FAILED
+                                          : CAROM_WORKER_EXITED;
+  }
+  int pstate;
+  pthread_mutex_lock(&p->mu);
+  pstate = p->state;
+  pthread_mutex_unlock(&p->mu);
+  if (w->stop_sent && ex.how != CAROM_WORKER_RECYCLED && ex.how != CAROM_WORKER_INIT_FAILED)
+    ex.how = CAROM_WORKER_SHUTDOWN; /* we stopped it: close or terminate */
+
+  /* What it was running fails; what it had not started goes back. */
+  uint64_t started = atomic_load_explicit(&s->started, memory_order_acquire);
+  uint32_t item = atomic_load_explicit(&s->item, memory_order_relaxed);
+  char msg[ERRMSG_MAX];
+  if (ex.exitcode < 0)
+    snprintf(msg, sizeof msg, "worker pid %d was killed by signal %d (SIG%s)%s", (int)w->pid,
+             -ex.exitcode, signame(-ex.exitcode), w->have_status ? "" : " (status unknown)");
+  else
+    snprintf(msg, sizeof msg, "worker pid %d exited with code %d while running the task",
+             (int)w->pid, ex.exitcode);
+  /* Report the end first, so handlers know of it before any waiter wakes. */
+  flight_t *run = fifo_front(w);
+  if (run && run->seq < started) ex.job_id = run->job->id;
+  if (p->opts.on_process_down && ex.how != CAROM_WORKER_RECYCLED && ex.how != CAROM_WORKER_SHUTDOWN)
+    p->opts.on_process_down(&ex, p->opts.event_arg);
+  if (p->opts.on_process_exit) p->opts.on_process_exit(&ex, p->opts.event_arg);
+  while (w->fifo_n) {
+    flight_t f = *fifo_front(w);
+    fifo_pop(w);
+    carom_job_t *j = f.job;
+    j->inflight--;
+    if (f.seq < started) {
+      /* Started: the items up to and including the running one died with it
+       * (their results were not sent); the rest of the chunk runs again. */
+      size_t ran = (size_t)item + 1 > f.count ? f.count : (size_t)item + 1;
+      int code = w->hard_sent == f.seq + 1       ? CAROM_ETIMELIMIT
+                 : atomic_load(&j->term_sig) ? CAROM_ETERMINATED
+                 : pstate == POOL_TERMINATE  ? p->term_running
+                                             : CAROM_EWORKERLOST;
+      char tmsg[ERRMSG_MAX];
+      if (code == CAROM_ETIMELIMIT) {
+        snprintf(tmsg, sizeof tmsg, "time limit exceeded (%.3f s): worker pid %d killed",
+                 j->hard_ns / 1e9, (int)w->pid);
+        snprintf(msg, sizeof msg, "%s", tmsg);
+      } else if (code == -EINTR) {
+        snprintf(msg, sizeof msg, "interrupted (SIGINT): worker pid %d killed", (int)w->pid);
+      }
+      bool fin = job_fail_range(j, f.first, ran, code, msg);
+      if (ran < f.count) {
+        if (pstate == POOL_TERMINATE || atomic_load(&j->cancel_req))
+          fin |= job_fail_range(j, f.first + ran, f.count - ran,
+                                pstate == POOL_TERMINATE ? p->term_queued : CAROM_ECANCELLED,
+                                "cancelled");
+        else
+          job_redo(p, j, f.first + ran, f.count - ran);
+      }
+      if (fin) job_finish(p, j);
+    } else if (pstate == POOL_TERMINATE) {
+      if (job_fail_range(j, f.first, f.count, p->term_queued, "pool terminated")) job_finish(p, j);
+    } else {
+      job_redo(p, j, f.first, f.count);
+    }
+  }
+  w->sending = false;
+  w->stop_sent = false;
+  w->soft_sent = w->hard_sent = 0;
+  w->dead_since = 0;
+  if (w->pidfd >= 0) {
+    epoll_ctl(p->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
+    close(w->pidfd);
+    w->pidfd = -1;
+  }
+  if (w->state == W_UP && p->healthy) p->healthy--;
+  atomic_store(&s->pid, 0);
+  w->state = W_DEAD;
+  w->respawn_at = carom_now_ns();
+  if (ex.how == CAROM_WORKER_INIT_FAILED) {
+    w->init_failures++;
+    uint64_t backoff = 100000000ull << (w->init_failures - 1 < 6 ? w->init_failures - 1 : 6);
+    if (backoff > 5000000000ull) backoff = 5000000000ull;
+    w->respawn_at += backoff;
+    unsigned cap = p->opts.init_retries ? p->opts.init_retries : 3;
+    carom__warn("pool: worker %d initializer failed (%u in a row): %s", (int)w->pid,
+                w->init_failures, s->errmsg);
+    if (w->init_failures >= cap && p->healthy == 0) {
+      pthread_mutex_lock(&p->mu);
+      p->init_broken = true;
+      snprintf(p->init_error, sizeof p->init_error, "%s", s->errmsg);
+      pthread_mutex_unlock(&p->mu);
+      /* Fail what waits: nothing can run it until a worker starts cleanly. */
+      while (p->pend_head) {
+        carom_job_t *j = p->pend_head;
+        pend_pop(p);
+        job_cancel_rest(p, j, CAROM_EINITIALIZER, p->init_error);
+      }
+    }
+  } else if (ex.how != CAROM_WORKER_RECYCLED && ex.how != CAROM_WORKER_SHUTDOWN) {
+    carom__warn("pool: %s", msg);
+  }
+  w->pid = 0;
+}
+
+static void handle_tpl(carom_pool_t *p) {
+  tpl_rep_t r;
+  for (;;) {
+    ssize_t n = recv(p->sock, &r, sizeof r, MSG_DONTWAIT);
+    if (n != (ssize_t)sizeof r) {
+      if (n == 0) {
+        /* The template is gone, and every worker with it (PDEATHSIG). Nothing
+         * can be started any more: end everything as terminate does. */
+        carom_log(CAROM_LOG_ERROR, "pool: template process died; terminating the pool");
+        pthread_mutex_lock(&p->mu);
+        p->state = POOL_TERMINATE;
+        pthread_mutex_unlock(&p->mu);
+        epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->sock, NULL);
+        p->tpl_dead = true;
+        for (unsigned i = 0; i < p->nslots; i++) {
+          wslot_t *w = &p->slots[i];
+          if (w->state != W_EMPTY && w->state != W_DEAD) {
+            w->have_status = false;
+            worker_gone(p, i);
+          }
+        }
+      }
+      return;
+    }
+    if (r.slot >= p->nslots) continue;
+    wslot_t *w = &p->slots[r.slot];
+    if (r.op == TPL_SPAWNED) {
+      if (r.status < 0) {
+        carom__warn("pool: fork of a worker failed: %s", carom_strerror(r.status));
+        w->state = W_DEAD;
+        w->respawn_at = carom_now_ns() + 100000000ull;
+        continue;
+      }
+      w->pid = r.pid;
+      w->state = W_STARTING;
+      w->pidfd = (int)syscall(SYS_pidfd_open, r.pid, 0);
+      if (w->pidfd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 1000 + r.slot};
+        epoll_ctl(p->epfd, EPOLL_CTL_ADD, w->pidfd, &ev);
+      }
+    } else if (r.op == TPL_EXITED) {
+      if (w->pid != r.pid) continue;
+      w->status = r.status;
+      w->have_status = true;
+      worker_gone(p, r.slot);
+    }
+  }
+}
+
+static void intake(carom_pool_t *p) {
+  if (!atomic_load_explicit(&p->sub_flag, memory_order_acquire)) return;
+  pthread_mutex_lock(&p->mu);
+  carom_job_t *j = p->sub_head;
+  p->sub_head = p->sub_tail = NULL;
+  atomic_store_explicit(&p->sub_flag, false, memory_order_relaxed);
+  bool broken = p->init_broken;
+  pthread_mutex_unlock(&p->mu);
+  while (j) {
+    carom_job_t *next = j->next_sub;
+    p->live_jobs++;
+    if (j->n == 0) {
+      atomic_store(&j->done, 1);
+      job_wake(j);
+      job_finish(p, j);
+    } else if (broken) {
+      job_cancel_rest(p, j, CAROM_EINITIALIZER, p->init_error);
+    } else {
+      pend_push_back(p, j);
+    }
+    j = next;
+  }
+}
+
+/* Handle cancel/terminate requests: queued jobs end now, messages already in
+ * a worker's channel are marked to be skipped, and a terminated job's running
+ * workers get the signal. */
+static void sweep_cancels(carom_pool_t *p) {
+  for (unsigned i = 0; i < p->nslots; i++) {
+    wslot_t *w = &p->slots[i];
+    slot_t *s = pool_slot(p->shm, i);
+    uint64_t started = atomic_load_explicit(&s->started, memory_order_acquire);
+    for (unsigned k = 0; k < w->fifo_n; k++) {
+      flight_t *f = &w->fifo[(w->fifo_head + k) % w->fifo_cap];
+      carom_job_t *j = f->job;
+      if (!atomic_load_explicit(&j->cancel_req, memory_order_relaxed)) continue;
+      if (f->seq >= started) {
+        atomic_store_explicit(&s->cancel[f->seq % CANCEL_RING], f->seq + 1, memory_order_release);
+      } else if (atomic_load(&j->term_sig) && w->pid > 0 && !w->stop_sent) {
+        tpl_req_t q = {TPL_KILL, i, w->pid, atomic_load(&j->term_sig)};
+        send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+      }
+    }
+  }
+  for (carom_job_t **pp = &p->pend_head, *prev = NULL; *pp;) {
+    carom_job_t *j = *pp;
+    if (atomic_load_explicit(&j->cancel_req, memory_order_relaxed)) {
+      *pp = j->next_pend;
+      if (p->pend_tail == j) p->pend_tail = prev;
+      j->pending = false;
+      job_cancel_rest(p, j, CAROM_ECANCELLED, "cancelled");
+      continue;
+    }
+    prev = j;
+    pp = &j->next_pend;
+  }
+}
+
+/* Soft and hard limits of running messages. Returns the next expiry (ns), or
+ * UINT64_MAX when no limit is pending. */
+static uint64_t enforce_limits(carom_pool_t *p, uint64_t now) {
+  uint64_t next = UINT64_MAX;
+  for (unsigned i = 0; i < p->nslots; i++) {
+    wslot_t *w = &p->slots[i];
+    if (w->state != W_UP || !w->fifo_n || w->stop_sent) continue;
+    slot_t *s = pool_slot(p->shm, i);
+    uint64_t started = atomic_load_explicit(&s->started, memory_order_acquire);
+    if (started == 0) continue;
+    flight_t *f = NULL;
+    for (unsigned k = 0; k < w->fifo_n && !f; k++) {
+      flight_t *c = &w->fifo[(w->fifo_head + k) % w->fifo_cap];
+      if (c->seq + 1 == started) f = c;
+    }
+    if (!f) continue; /* the running message already reported */
+    carom_job_t *j = f->job;
+    if (!j->soft_ns && !j->hard_ns) continue;
+    /* started_ns is written before started (release), so it is current. */
+    uint64_t t0 = atomic_load_explicit(&s->started_ns, memory_order_relaxed);
+    if (j->hard_ns && w->hard_sent != f->seq + 1) {
+      uint64_t dl = t0 + j->hard_ns;
+      if (now >= dl) {
+        w->hard_sent = f->seq + 1;
+        tpl_req_t q = {TPL_KILL, i, w->pid, SIGKILL};
+        if (!p->tpl_dead) send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+        carom__warn("pool: job %llu exceeded its time limit (%.3f s); killing worker %d",
+                    (unsigned long long)j->id, j->hard_ns / 1e9, (int)w->pid);
+        if (j->cb.timeout_callback)
+          j->cb.timeout_callback(j, j->soft_ns / 1e9, j->hard_ns / 1e9, j->cb.arg);
+        continue;
+      }
+      if (dl < next) next = dl;
+    }
+    if (j->soft_ns && w->soft_sent != f->seq + 1) {
+      uint64_t dl = t0 + j->soft_ns;
+      if (now >= dl) {
+        w->soft_sent = f->seq + 1;
+        atomic_store_explicit(&s->soft_seq, f->seq + 1, memory_order_release);
+        if (w->pidfd < 0 || syscall(SYS_pidfd_send_signal, w->pidfd, SIGUSR1, NULL, 0) != 0)
+          kill(w->pid, SIGUSR1);
+      } else if (dl < next) {
+        next = dl;
+      }
+    }
+  }
+  return next;
+}
+
+/* Owner signals, when the pool was asked to handle them (one pool at a time). */
+static carom_pool_t *_Atomic sig_pool;
+static volatile sig_atomic_t sig_seen;
+static struct sigaction sig_old_int, sig_old_term;
+
+static void on_owner_signal(int sig) {
+  int saved = errno;
+  carom_pool_t *p = atomic_load(&sig_pool);
+  if (p) {
+    sig_seen |= sig == SIGINT ? CAROM_POOL_SIGINT_TERMINATE : CAROM_POOL_SIGTERM_SHUTDOWN;
+    uint64_t one = 1;
+    ssize_t w = write(p->evfd, &one, sizeof one);
+    (void)w;
+  }
+  errno = saved;
+}
+
+/* Terminate requests for single workers (carom_pool_terminate_job). */
+static void handle_kill_requests(carom_pool_t *p) {
+  struct kill_req reqs[16];
+  pthread_mutex_lock(&p->mu);
+  int n = p->nkills;
+  memcpy(reqs, p->kills, sizeof reqs);
+  p->nkills = 0;
+  atomic_store(&p->kill_flag, false);
+  pthread_mutex_unlock(&p->mu);
+  for (int r = 0; r < n; r++) {
+    for (unsigned i = 0; i < p->nslots; i++) {
+      wslot_t *w = &p->slots[i];
+      if (w->pid != reqs[r].pid || w->state != W_UP) continue;
+      uint64_t started = atomic_load(&pool_slot(p->shm, i)->started);
+      for (unsigned k = 0; k < w->fifo_n; k++) {
+        flight_t *f = &w->fifo[(w->fifo_head + k) % w->fifo_cap];
+        if (f->seq + 1 == started) atomic_store(&f->job->term_sig, reqs[r].sig);
+      }
+      tpl_req_t q = {TPL_KILL, i, w->pid, reqs[r].sig};
+      if (!p->tpl_dead) send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+    }
+  }
+}
+
+/* Ask every live worker to stop with sig (close: SIGTERM once idle;
+ * terminate: SIGKILL). The template reports each exit. */
+static void stop_workers(carom_pool_t *p, int sig) {
+  for (unsigned i = 0; i < p->nslots; i++) {
+    wslot_t *w = &p->slots[i];
+    if (w->state == W_EMPTY || w->state == W_DEAD || w->stop_sent) continue;
+    if (w->state == W_SPAWNING) continue; /* no pid yet: stopped once it has one */
+    tpl_req_t q = {TPL_KILL, i, w->pid, sig};
+    if (!p->tpl_dead) send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+    w->stop_sent = true;
+  }
+}
+
+static void *supervisor(void *arg) {
+  carom_pool_t *p = arg;
+  pool_shm_t *h = p->shm;
+  uint64_t last_poll = 0;
+  uint32_t seen_cancel = 0;
+  unsigned idle = 0;
+  for (;;) {
+    bool progress = false;
+    intake(p);
+    uint32_t ce = atomic_load(&p->cancel_epoch);
+    if (ce != seen_cancel) {
+      seen_cancel = ce;
+      sweep_cancels(p);
+    }
+    for (unsigned i = 0; i < p->nslots; i++) {
+      wslot_t *w = &p->slots[i];
+      if (w->state == W_STARTING || w->state == W_UP) {
+        progress |= drain_up(p, i);
+        check_started(p, i);
+      }
+    }
+    progress |= dispatch(p);
+
+    uint64_t now = carom_now_ns();
+    uint64_t next_limit = enforce_limits(p, now);
+    if (atomic_load_explicit(&p->kill_flag, memory_order_acquire)) handle_kill_requests(p);
+    if (atomic_load(&sig_pool) == p && sig_seen) {
+      int seen = sig_seen;
+      sig_seen = 0;
+      pthread_mutex_lock(&p->mu);
+      if (seen & CAROM_POOL_SIGINT_TERMINATE) {
+        carom__warn("pool: SIGINT: terminating");
+        p->state = POOL_TERMINATE;
+        p->term_running = p->term_queued = -EINTR;
+      } else if (p->state == POOL_RUN) {
+        carom__warn("pool: SIGTERM: shutting down with %.3f s of grace", p->opts.sigterm_grace);
+        p->state = POOL_CLOSE;
+        p->shutting_down = p->shutdown_cancel = true;
+        p->grace_ns = now + (uint64_t)(p->opts.sigterm_grace * 1e9);
+      }
+      pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_lock(&p->mu);
+    if (p->shutting_down && p->state == POOL_CLOSE && now >= p->grace_ns)
+      p->state = POOL_TERMINATE; /* grace is over: kill what still runs */
+    int pstate = p->state;
+    bool cancel_queued = p->shutting_down && p->shutdown_cancel;
+    uint64_t grace = p->shutting_down ? p->grace_ns : UINT64_MAX;
+    pthread_mutex_unlock(&p->mu);
+    if (cancel_queued) {
+      while (p->pend_head) {
+        carom_job_t *j = p->pend_head;
+        pend_pop(p);
+        job_cancel_rest(p, j, CAROM_ECANCELLED, "pool shut down");
+      }
+    }
+    if (grace < next_limit) next_limit = grace;
+
+    /* Lifecycle: (re)spawn while there is a reason to, stop when done. */
+    bool work_left = p->pend_head || p->live_jobs;
+    bool all_down = true;
+    for (unsigned i = 0; i < p->nslots; i++) {
+      wslot_t *w = &p->slots[i];
+      bool down = w->state == W_EMPTY || w->state == W_DEAD;
+      bool want = !p->tpl_dead && (pstate == POOL_RUN || (pstate == POOL_CLOSE && work_left));
+      if (down && want && now >= w->respawn_at && spawn_worker(p, i) == 0) {
+        down = false;
+        progress = true;
+      }
+      /* Exit seen through the pidfd but no status from the template: give it
+       * 200 ms, then account for the worker without one. */
+      uint64_t lost_ns = p->opts.lost_worker_timeout > 0
+                             ? (uint64_t)(p->opts.lost_worker_timeout * 1e9) : 200000000ull;
+      if (!down && w->dead_since && now - w->dead_since > lost_ns) worker_gone(p, i);
+      all_down &= w->state == W_EMPTY || w->state == W_DEAD;
+    }
+    if (pstate == POOL_TERMINATE) {
+      while (p->pend_head) {
+        carom_job_t *j = p->pend_head;
+        pend_pop(p);
+        job_cancel_rest(p, j, p->term_queued, "pool terminated");
+      }
+      stop_workers(p, SIGKILL);
+      if (all_down) break;
+    } else if (pstate == POOL_CLOSE && !work_left) {
+      stop_workers(p, SIGTERM);
+      if (all_down) break;
+    }
+
+    /* Spin while work flows; poll events (deaths, template) every ~1 ms;
+     * sleep in epoll when idle for a while. */
+    int timeout = 0;
+    if (progress) {
+      idle = 0;
+      if (now - last_poll < 1000000) continue;
+    } else if (idle < SUP_SPIN) {
+      idle++;
+      carom__cpu_relax();
+      if (now - last_poll < 1000000) continue;
+    } else {
+      idle = 0;
+      atomic_store_explicit(&h->sup_sleep, 1, memory_order_relaxed);
+      atomic_thread_fence(memory_order_seq_cst); /* flag before re-check (Dekker with wakers) */
+      bool ready = atomic_load(&p->sub_flag) || atomic_load(&p->cancel_epoch) != seen_cancel;
+      for (unsigned i = 0; i < p->nslots && !ready; i++) {
+        wslot_t *w = &p->slots[i];
+        if (w->state != W_STARTING && w->state != W_UP) continue;
+        ready |= !chan_empty(pool_chan(p->shm, pool_slot(p->shm, i)->up_off));
+        ready |= w->fifo_n && atomic_load(&pool_slot(p->shm, i)->started) > w->acc;
+      }
+      timeout = ready ? 0 : 100;
+      if (next_limit != UINT64_MAX) {
+        int64_t ms = ((int64_t)next_limit - (int64_t)now + 999999) / 1000000;
+        if (ms < timeout) timeout = ms < 0 ? 0 : (int)ms;
+      }
+      for (unsigned i = 0; i < p->nslots; i++) {
+        wslot_t *w = &p->slots[i];
+        if (w->dead_since) timeout = timeout > 20 ? 20 : timeout;
+        if (w->state == W_DEAD && pstate != POOL_TERMINATE) {
+          int64_t ms = ((int64_t)w->respawn_at - (int64_t)now) / 1000000 + 1;
+          if (ms < timeout) timeout = ms < 0 ? 0 : (int)ms;
+        }
+      }
+    }
+    struct epoll_event ev[16];
+    int n = epoll_wait(p->epfd, ev, 16, timeout);
+    atomic_store_explicit(&h->sup_sleep, 0, memory_order_relaxed);
+    last_poll = carom_now_ns();
+    for (int k = 0; k < n; k++) {
+      uint64_t tag = ev[k].data.u64;
+      if (tag == 1) {
+        uint64_t v;
+        ssize_t r = read(p->evfd, &v, sizeof v);
+        (void)r;
+      } else if (tag == 2) {
+        handle_tpl(p);
+      } else if (tag >= 1000 && tag - 1000 < p->nslots) {
+        /* A worker exited; its status comes from the template shortly. */
+        wslot_t *w = &p->slots[tag - 1000];
+        if (w->pidfd >= 0) {
+          epoll_ctl(p->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
+          w->dead_since = last_poll;
+        }
+      }
+    }
+  }
+  atomic_store(&p->sup_exited, 1);
+  carom__futex_wake(&p->sup_exited, INT_MAX);
+  return NULL;
+}
+
+/* ------------------------------------------------------------- creation */
+
+int carom_pool_cpu_count(void) {
+  cpu_set_t set;
+  int n = 0;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  FILE *f = fopen("/proc/self/cgroup", "re");
+  if (f) {
+    char line[512], path[600];
+    while (fgets(line, sizeof line, f)) {
+      if (strncmp(line, "0::", 3)) continue;
+      line[strcspn(line, "\n")] = 0;
+      snprintf(path, sizeof path, "/sys/fs/cgroup%s/cpu.max", line + 3);
+      FILE *m = fopen(path, "re");
+      if (m) {
+        char q[32];
+        long period = 0;
+        if (fscanf(m, "%31s %ld", q, &period) == 2 && strcmp(q, "max") && period > 0) {
+          long quota = atol(q);
+          int lim = (int)((quota + period - 1) / period);
+          if (lim >= 1 && lim < n) n = lim;
+        }
+        fclose(m);
+      }
+    }
+    fclose(f);
+  }
+  return n < 1 ? 1 : n;
+}
+
+static int count_threads(void) {
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return 1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n;
+}
+
+static bool pool_mine(carom_pool_t *p) { return p->owner == carom__self_pid(); }
+
+int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
+  if (!out) return -EINVAL;
+  *out = NULL;
+  carom_pool_opts_t o;
+  memset(&o, 0, sizeof o);
+  if (opts) {
+    if (opts->size == 0 || opts->size > sizeof o) return -EINVAL;
+    memcpy(&o, opts, opts->size);
+  }
+  o.size = sizeof o;
+  if (o.processes < 0 || o.processes > 4096) return -EINVAL;
+  if (o.processes == 0) o.processes = carom_pool_cpu_count();
+  if (o.channel_bytes == 0) o.channel_bytes = 1u << 20;
+  if (o.channel_bytes < 16384 || o.channel_bytes > (1ull << 32) ||
+      (o.channel_bytes & (o.channel_bytes - 1)))
+    return -EINVAL;
+  if (o.prefetch >= CANCEL_RING) return -EINVAL;
+  if (o.prefetch == 0 && !(opts && opts->size >= offsetof(carom_pool_opts_t, prefetch) +
+                                                     sizeof o.prefetch && opts->prefetch == 0))
+    o.prefetch = 1;
+
+  carom_pool_t *p = calloc(1, sizeof *p);
+  if (!p) return -ENOMEM;
+  p->opts = o;
+  p->nslots = (unsigned)o.processes;
+  p->owner = carom__self_pid();
+  p->evfd = p->sock = p->epfd = p->tpl_pidfd = -1;
+  p->term_running = CAROM_ETERMINATED;
+  p->term_queued = CAROM_ECANCELLED;
+  pthread_mutex_init(&p->mu, NULL);
+  int rc = -ENOMEM;
+  p->slots = calloc(p->nslots, sizeof *p->slots);
+  if (!p->slots) goto fail;
+  for (unsigned i = 0; i < p->nslots; i++) p->slots[i].pidfd = -1;
+
+  /* Shared region: header, slots, then two channels per slot. */
+  size_t chan_hdr = sizeof(chan_t);
+  size_t chan_sz = chan_hdr + o.channel_bytes;
+  size_t base = sizeof(pool_shm_t) + p->nslots * sizeof(slot_t);
+  base = (base + 4095) & ~(size_t)4095;
+  p->shm_size = base + 2 * p->nslots * chan_sz;
+  p->shm = mmap(NULL, p->shm_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p->shm == MAP_FAILED) {
+    p->shm = NULL;
+    rc = -errno;
+    goto fail;
+  }
+  pool_shm_t *h = p->shm;
+  h->magic = POOL_MAGIC;
+  h->nslots = p->nslots;
+  for (unsigned i = 0; i < p->nslots; i++) {
+    slot_t *s = pool_slot(p->shm, i);
+    s->down_off = base + 2 * i * chan_sz;
+    s->up_off = s->down_off + chan_sz;
+    chan_init(pool_chan(p->shm, s->down_off), chan_hdr, o.channel_bytes);
+    chan_init(pool_chan(p->shm, s->up_off), chan_hdr, o.channel_bytes);
+  }
+
+  p->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (p->evfd < 0) {
+    rc = -errno;
+    goto fail;
+  }
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    rc = -errno;
+    goto fail;
+  }
+  int nthreads = count_threads();
+  if (nthreads > 1)
+    carom__warn("pool: created from a process with %d threads; the template process is "
+                "forked now, before any pool thread, and every worker comes from it",
+                nthreads);
+  p->cfg = (struct pool_worker_cfg){p->shm, p->evfd, &p->opts};
+  pid_t owner = p->owner;
+  pid_t tpl = fork();
+  if (tpl < 0) {
+    rc = -errno;
+    close(sv[0]);
+    close(sv[1]);
+    goto fail;
+  }
+  if (tpl == 0) {
+    close(sv[0]);
+    carom__pool_template_main(sv[1], owner, &p->cfg);
+  }
+  close(sv[1]);
+  p->sock = sv[0];
+  p->tpl_pid = tpl;
+  p->tpl_pidfd = (int)syscall(SYS_pidfd_open, tpl, 0);
+
+  p->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (p->epfd < 0) {
+    rc = -errno;
+    goto fail;
+  }
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 1};
+  epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->evfd, &ev);
+  ev.data.u64 = 2;
+  epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->sock, &ev);
+
+  for (unsigned i = 0; i < p->nslots; i++) {
+    rc = spawn_worker(p, i);
+    if (rc) goto fail;
+  }
+  rc = pthread_create(&p->sup, NULL, supervisor, p);
+  if (rc) {
+    rc = -rc;
+    goto fail;
+  }
+  p->sup_started = true;
+  if (o.signals) {
+    carom_pool_t *none = NULL;
+    if (!atomic_compare_exchange_strong(&sig_pool, &none, p)) {
+      carom__warn("pool: another pool already handles SIGINT/SIGTERM; not installing");
+    } else {
+      struct sigaction sa;
+      memset(&sa, 0, sizeof sa);
+      sa.sa_handler = on_owner_signal;
+      sa.sa_flags = SA_RESTART;
+      sigemptyset(&sa.sa_mask);
+      if (o.signals & CAROM_POOL_SIGINT_TERMINATE) sigaction(SIGINT, &sa, &sig_old_int);
+      if (o.signals & CAROM_POOL_SIGTERM_SHUTDOWN) sigaction(SIGTERM, &sa, &sig_old_term);
+    }
+  }
+  *out = p;
+  return 0;
+fail:
+  carom_pool_free(p);
+  return rc;
+}
+
+/* --------------------------------------------------------- submission */
+
+static int submit(carom_pool_t *p, carom_job_t *j) {
+  pthread_mutex_lock(&p->mu);
+  if (p->state != POOL_RUN) {
+    pthread_mutex_unlock(&p->mu);
+    return CAROM_ECLOSED;
+  }
+  if (p->init_broken) {
+    int rc = CAROM_EINITIALIZER;
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+  }
+  j->next_sub = NULL;
+  if (p->sub_tail) p->sub_tail->next_sub = j;
+  else p->sub_head = j;
+  p->sub_tail = j;
+  atomic_store_explicit(&p->sub_flag, true, memory_order_release);
+  pthread_mutex_unlock(&p->mu);
+  sup_wake(p);
+  return 0;
+}
+
+static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct iovec *items,
+                      size_t n, size_t chunksize, const carom_submit_opts_t *opts,
+                      carom_job_t **out) {
+  if (!p || !fn || !out || (n && !items)) return -EINVAL;
+  *out = NULL;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  if (opts && (opts->size == 0 || opts->size > sizeof(carom_submit_opts_t))) return -EINVAL;
+  carom_submit_opts_t cb = {0};
+  if (opts) memcpy(&cb, opts, opts->size);
+  if (chunksize == 0 && kind != JOB_APPLY) {
+    size_t d = 4 * p->nslots;
+    chunksize = n / d + (n % d ? 1 : 0);
+    if (chunksize == 0) chunksize = 1;
+  }
+  carom_job_t *j = job_new(p, kind, fn, items, n, chunksize, opts ? &cb : NULL);
+  if (!j) return -ENOMEM;
+  int rc = submit(p, j);
+  if (rc) {
+    atomic_store(&j->refs, 1);
+    job_unref(j);
+    return rc;
+  }
+  *out = j;
+  return 0;
+}
+
+int carom_pool_apply_async(carom_pool_t *p, carom_task_fn fn, const void *arg, size_t len,
+                           const carom_submit_opts_t *opts, carom_job_t **job) {
+  if (len && !arg) return -EINVAL;
+  struct iovec it = {(void *)arg, len};
+  return submit_new(p, JOB_APPLY, fn, &it, 1, 1, opts, job);
+}
+
+int carom_pool_apply(carom_pool_t *p, carom_task_fn fn, const void *arg, size_t len,
+                     void **result, size_t *result_len) {
+  carom_job_t *j;
+  int rc = carom_pool_apply_async(p, fn, arg, len, NULL, &j);
+  if (rc) return rc;
+  const void *d;
+  size_t n;
+  rc = carom_job_get(j, NULL, &d, &n);
+  if (rc == 0 && result) {
+    *result = malloc(n ? n : 1);
+    if (!*result) rc = -ENOMEM;
+    else {
+      memcpy(*result, d, n);
+      if (result_len) *result_len = n;
+    }
+  }
+  carom_job_release(j);
+  return rc;
+}
+
+int carom_pool_map_async(carom_pool_t *p, carom_task_fn fn, const struct iovec *items, size_t n,
+                         size_t chunksize, const carom_submit_opts_t *opts, carom_job_t **job) {
+  return submit_new(p, JOB_MAP, fn, items, n, chunksize, opts, job);
+}
+
+int carom_pool_map(carom_pool_t *p, carom_task_fn fn, const struct iovec *items, size_t n,
+                   size_t chunksize, carom_job_t **job) {
+  int rc = carom_pool_map_async(p, fn, items, n, chunksize, NULL, job);
+  if (rc) return rc;
+  return carom_job_wait(*job, NULL);
+}
+
+int carom_pool_imap(carom_pool_t *p, carom_task_fn fn, const struct iovec *items, size_t n,
+                    size_t chunksize, bool ordered, carom_job_t **job) {
+  int rc = submit_new(p, JOB_IMAP, fn, items, n, chunksize, NULL, job);
+  if (rc == 0) (*job)->ordered = ordered;
+  return rc;
+}
+
+/* ------------------------------------------------------------ job API */
+
+/* Sleep until progress changes from `seen` or the deadline passes. */
+static int job_sleep(carom_job_t *j, uint32_t seen, const struct timespec *deadline) {
+  atomic_fetch_add(&j->waiters, 1);
+  int r = carom__futex_wait(&j->progress, seen, deadline);
+  atomic_fetch_sub(&j->waiters, 1);
+  return r == -ETIMEDOUT ? -ETIMEDOUT : 0;
+}
+
+int carom_job_wait(carom_job_t *j, const struct timespec *deadline) {
+  if (!j) return -EINVAL;
+  for (;;) {
+    uint32_t seen = atomic_load(&j->progress);
+    if (atomic_load(&j->done)) {
+      pthread_mutex_lock(&j->mu);
+      int e = j->first_error;
+      pthread_mutex_unlock(&j->mu);
+      return e;
+    }
+    if (job_sleep(j, seen, deadline) == -ETIMEDOUT && !atomic_load(&j->done)) return -ETIMEDOUT;
+  }
+}
+
+int carom_job_get(carom_job_t *j, const struct timespec *deadline, const void **data,
+                  size_t *len) {
+  int rc = carom_job_wait(j, deadline);
+  if (rc == -ETIMEDOUT) return rc;
+  return carom_job_item(j, 0, data, len);
+}
+
+bool carom_job_ready(carom_job_t *j) { return atomic_load(&j->done) != 0; }
+
+int carom_job_successful(carom_job_t *j) {
+  if (!atomic_load(&j->done)) return CAROM_ENOTREADY;
+  pthread_mutex_lock(&j->mu);
+  int ok = j->first_error == 0;
+  pthread_mutex_unlock(&j->mu);
+  return ok;
+}
+
+bool carom_job_accepted(carom_job_t *j) { return atomic_load(&j->accepted); }
+
+size_t carom_job_count(carom_job_t *j) { return j->n; }
+
+uint64_t carom_job_id(carom_job_t *j) { return j->id; }
+
+int carom_job_item(carom_job_t *j, size_t i, const void **data, size_t *len) {
+  if (i >= j->n) return -EINVAL;
+  pthread_mutex_lock(&j->mu);
+  item_t it = j->items[i];
+  pthread_mutex_unlock(&j->mu);
+  if (it.code == CODE_PENDING) return CAROM_ENOTREADY;
+  if (data) *data = it.data;
+  if (len) *len = it.len;
+  return it.code;
+}
+
+int carom_job_next(carom_job_t *j, const struct timespec *deadline, size_t *index,
+                   const void **data, size_t *len) {
+  for (;;) {
+    uint32_t seen = atomic_load(&j->progress);
+    pthread_mutex_lock(&j->mu);
+    ssize_t pick = -1;
+    if (j->ordered || !j->order) {
+      if (j->next_ordered < j->n && j->items[j->next_ordered].code != CODE_PENDING)
+        pick = (ssize_t)j->next_ordered++;
+      else if (j->next_ordered >= j->n) {
+        pthread_mutex_unlock(&j->mu);
+        return CAROM_EEOF;
+      }
+    } else {
+      if (j->next_unordered < j->norder) pick = (ssize_t)j->order[j->next_unordered++];
+      else if (j->next_unordered >= j->n) {
+        pthread_mutex_unlock(&j->mu);
+        return CAROM_EEOF;
+      }
+    }
+    if (pick >= 0) {
+      item_t it = j->items[pick];
+      pthread_mutex_unlock(&j->mu);
+      if (index) *index = (size_t)pick;
+      if (data) *data = it.data;
+      if (len) *len = it.len;
+      return it.code;
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (job_sleep(j, seen, deadline) == -ETIMEDOUT && atomic_load(&j->progress) == seen)
+      return -ETIMEDOUT;
+  }
+}
+
+int carom_job_pids(carom_job_t *j, pid_t *pids, int max) {
+  pthread_mutex_lock(&j->mu);
+  int n = j->npids < max ? j->npids : max;
+  for (int i = 0; i < n; i++) pids[i] = j->pids[i];
+  pthread_mutex_unlock(&j->mu);
+  return n;
+}
+
+/* Ask the supervisor to act on j's cancel/terminate flags. j->pool is valid
+ * while j is not done; a pool is only freed after all its jobs are done. */
+static int job_request(carom_job_t *j) {
+  carom_pool_t *p = j->pool;
+  if (atomic_load(&j->done)) return -EBUSY;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  atomic_store(&j->cancel_req, true);
+  atomic_fetch_add(&p->cancel_epoch, 1);
+  sup_wake(p);
+  return 0;
+}
+
+int carom_job_cancel(carom_job_t *j) {
+  if (!j) return -EINVAL;
+  if (atomic_load(&j->accepted) && j->n == 1) return -EBUSY;
+  return job_request(j);
+}
+
+int carom_job_terminate(carom_job_t *j, int signum) {
+  if (!j || signum <= 0 || signum >= NSIG) return -EINVAL;
+  atomic_store(&j->term_sig, signum);
+  return job_request(j);
+}
+
+void carom_job_release(carom_job_t *j) {
+  if (j) job_unref(j);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+int carom_pool_close(carom_pool_t *p) {
+  if (!p) return -EINVAL;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  pthread_mutex_lock(&p->mu);
+  if (p->state == POOL_RUN) p->state = POOL_CLOSE;
+  pthread_mutex_unlock(&p->mu);
+  sup_wake(p);
+  return 0;
+}
+
+static int wait_supervisor(carom_pool_t *p, const struct timespec *deadline) {
+  if (!p->sup_started) return 0;
+  while (!atomic_load(&p->sup_exited)) {
+    int r = carom__futex_wait(&p->sup_exited, 0, deadline);
+    if (r == -ETIMEDOUT && !atomic_load(&p->sup_exited)) return -ETIMEDOUT;
+  }
+  pthread_join(p->sup, NULL);
+  p->sup_started = false;
+  return 0;
+}
+
+int carom_pool_terminate(carom_pool_t *p) {
+  if (!p) return -EINVAL;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  pthread_mutex_lock(&p->mu);
+  p->state = POOL_TERMINATE;
+  pthread_mutex_unlock(&p->mu);
+  sup_wake(p);
+  return wait_supervisor(p, NULL);
+}
+
+int carom_pool_shutdown(carom_pool_t *p, const struct timespec *grace, bool cancel_pending) {
+  if (!p) return -EINVAL;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  pthread_mutex_lock(&p->mu);
+  if (p->state == POOL_RUN || p->state == POOL_CLOSE) {
+    if (p->state == POOL_RUN) p->state = POOL_CLOSE;
+    uint64_t g = grace ? carom__ts_ns(grace) : UINT64_MAX;
+    if (!p->shutting_down || g < p->grace_ns) p->grace_ns = g;
+    p->shutting_down = true;
+    p->shutdown_cancel |= cancel_pending;
+  }
+  pthread_mutex_unlock(&p->mu);
+  sup_wake(p);
+  return wait_supervisor(p, NULL);
+}
+
+int carom_pool_terminate_job(carom_pool_t *p, pid_t pid, int sig) {
+  if (!p || sig <= 0 || sig >= NSIG) return -EINVAL;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  bool found = false;
+  for (unsigned i = 0; i < p->nslots; i++)
+    found |= pid > 0 && atomic_load(&pool_slot(p->shm, i)->pid) == pid;
+  if (!found) return -ESRCH;
+  pthread_mutex_lock(&p->mu);
+  int rc = 0;
+  if (p->nkills == (int)(sizeof p->kills / sizeof p->kills[0])) rc = -EAGAIN;
+  else p->kills[p->nkills++] = (struct kill_req){pid, sig};
+  atomic_store(&p->kill_flag, true);
+  pthread_mutex_unlock(&p->mu);
+  sup_wake(p);
+  return rc;
+}
+
+int carom_pool_join(carom_pool_t *p, const struct timespec *deadline) {
+  if (!p) return -EINVAL;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  pthread_mutex_lock(&p->mu);
+  int st = p->state;
+  pthread_mutex_unlock(&p->mu);
+  if (st == POOL_RUN) return -EINVAL;
+  return wait_supervisor(p, deadline);
+}
+
+int carom_pool_workers(carom_pool_t *p, pid_t *pids, int max) {
+  if (!p || (max && !pids)) return -EINVAL;
+  if (!pool_mine(p)) return CAROM_EFORKED;
+  int n = 0;
+  for (unsigned i = 0; i < p->nslots && n < max; i++) {
+    pid_t pid = (pid_t)atomic_load(&pool_slot(p->shm, i)->pid);
+    if (pid > 0) pids[n++] = pid;
+  }
+  return n;
+}
+
+void carom_pool_free(carom_pool_t *p) {
+  if (!p) return;
+  carom_pool_t *me = p;
+  if (atomic_compare_exchange_strong(&sig_pool, &me, NULL)) {
+    if (p->opts.signals & CAROM_POOL_SIGINT_TERMINATE) sigaction(SIGINT, &sig_old_int, NULL);
+    if (p->opts.signals & CAROM_POOL_SIGTERM_SHUTDOWN) sigaction(SIGTERM, &sig_old_term, NULL);
+  }
+  if (pool_mine(p)) {
+    if (p->sup_started) {
+      pthread_mutex_lock(&p->mu);
+      int st = p->state;
+      pthread_mutex_unlock(&p->mu);
+      if (st == POOL_RUN) carom_pool_terminate(p);
+      else {
+        struct timespec ts;
+        if (wait_supervisor(p, carom_deadline(5, &ts)) == -ETIMEDOUT) carom_pool_terminate(p);
+      }
+    }
+    /* Closing the socket tells the template to kill what is left and exit. */
+    if (p->sock >= 0) close(p->sock);
+    p->sock = -1;
+    if (p->tpl_pid > 0) {
+      bool gone = false;
+      if (p->tpl_pidfd >= 0) {
+        struct pollfd pf = {p->tpl_pidfd, POLLIN, 0};
+        gone = poll(&pf, 1, 2000) == 1;
+      }
+      if (!gone) kill(p->tpl_pid, SIGKILL);
+      while (waitpid(p->tpl_pid, NULL, 0) < 0 && errno == EINTR) {
+      }
+    }
+  }
+  if (p->tpl_pidfd >= 0) close(p->tpl_pidfd);
+  if (p->sock >= 0) close(p->sock);
+  if (p->epfd >= 0) close(p->epfd);
+  if (p->evfd >= 0) close(p->evfd);
+  for (unsigned i = 0; p->slots && i < p->nslots; i++) {
+    if (p->slots[i].pidfd >= 0) close(p->slots[i].pidfd);
+    free(p->slots[i].fifo);
+    free(p->slots[i].rbuf);
+  }
+  /* Jobs still queued (never reached the supervisor) */
+  while (p->sub_head) {
+    carom_job_t *j = p->sub_head;
+    p->sub_head = j->next_sub;
+    job_unref(j);
+  }
+  free(p->slots);
+  if (p->shm) munmap(p->shm, p->shm_size);
+  pthread_mutex_destroy(&p->mu);
+  free(p);
+}

@@ -1,0 +1,190 @@
+/* pool/template.c — the template process: forked once at pool creation while
+ * the creator has no pool threads, it forks every worker on request, reaps
+ * them and reports each exit status to the supervisor. It is single-threaded
+ * by construction, so workers are never forked from a multi-threaded process.
+ *
+ * Lifetime: it watches the owner through a pidfd (not PDEATHSIG, which fires
+ * when the *thread* that forked it exits) and its request socket; when the
+ * owner dies or closes the socket it SIGKILLs every worker's process group,
+ * reaps them and exits. Workers die with it (PDEATHSIG; the template's only
+ * thread lives as long as the template). When any worker ends, the template
+ * kills the worker's process group, so nothing the worker started outlives it.
+ */
+#include "pool/internal.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+enum { TPL_MAX_KIDS = 4096 };
+
+static void close_other_fds(const int *keep, int nkeep) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return;
+  int dfd = dirfd(d);
+  int fds[1024], n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && n < 1024) {
+    int fd = atoi(e->d_name);
+    if (e->d_name[0] == '.' || fd <= 2 || fd == dfd) continue;
+    bool k = false;
+    for (int i = 0; i < nkeep; i++) k |= keep[i] == fd;
+    if (!k) fds[n++] = fd;
+  }
+  closedir(d);
+  for (int i = 0; i < n; i++) close(fds[i]);
+}
+
+static void send_rep(int sock, uint32_t op, uint32_t slot, pid_t pid, int status) {
+  tpl_rep_t r = {op, slot, pid, status};
+  while (send(sock, &r, sizeof r, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+  }
+}
+
+static pid_t kids[TPL_MAX_KIDS];
+static uint32_t kid_slot[TPL_MAX_KIDS];
+static int nkids;
+
+static void kill_all(void) {
+  for (int i = 0; i < nkids; i++) {
+    kill(-kids[i], SIGKILL);
+    kill(kids[i], SIGKILL);
+  }
+}
+
+/* Kill every child that is not a worker: with the workers as subreapers, such
+ * a child can only be a descendant of a worker that has ended, re-parented to
+ * us (we are a subreaper too). */
+static void kill_orphans(void) {
+  char path[64], buf[4096];
+  snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return;
+  buf[n] = 0;
+  for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+    pid_t pid = (pid_t)atoi(tok);
+    bool worker = false;
+    for (int i = 0; i < nkids; i++) worker |= kids[i] == pid;
+    if (!worker && pid > 0) {
+      kill(-pid, SIGKILL);
+      kill(pid, SIGKILL);
+    }
+  }
+}
+
+/* Reap every exited child: peek without reaping, kill a worker's group while
+ * its pid cannot be reused, then reap and report workers. */
+static void reap(int sock, bool report) {
+  for (;;) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) return;
+    pid_t pid = info.si_pid;
+    kill(-pid, SIGKILL);
+    int st;
+    if (waitpid(pid, &st, 0) != pid) return;
+    for (int i = 0; i < nkids; i++) {
+      if (kids[i] != pid) continue;
+      if (report) send_rep(sock, TPL_EXITED, kid_slot[i], pid, st);
+      kids[i] = kids[--nkids];
+      kid_slot[i] = kid_slot[nkids];
+      break;
+    }
+    /* A worker or an adopted orphan ended: its descendants are ours now. */
+    kill_orphans();
+  }
+}
+
+void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_cfg *cfg) {
+  prctl(PR_SET_NAME, "carom-template");
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  setpgid(0, 0);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+  int ownerfd = (int)syscall(SYS_pidfd_open, owner, 0);
+  if (ownerfd < 0) {
+    /* No pidfd: fall back to PDEATHSIG, closing the race with getppid. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != owner) _exit(0);
+  }
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
+  int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  int keep[] = {sock, ownerfd, sfd, cfg->evfd};
+  close_other_fds(keep, 4);
+
+  bool stopping = false;
+  const pid_t self = getpid();
+  for (;;) {
+    struct pollfd p[3] = {{sock, POLLIN, 0}, {sfd, POLLIN, 0}, {ownerfd, POLLIN, 0}};
+    nfds_t np = ownerfd >= 0 ? 3 : 2;
+    if (stopping) {
+      if (nkids == 0) _exit(0);
+      p[0].fd = -1;
+      p[2].fd = -1;
+    }
+    int r = poll(p, np, stopping ? 100 : -1);
+    if (r < 0 && errno != EINTR) _exit(EX_SETUP);
+    if (!stopping && ((p[0].revents & (POLLHUP | POLLERR)) || (np == 3 && p[2].revents))) {
+      stopping = true; /* owner gone or pool freed */
+      kill_all();
+    }
+    if (!stopping && (p[0].revents & POLLIN)) {
+      tpl_req_t q;
+      ssize_t n = recv(sock, &q, sizeof q, 0);
+      if (n == 0) {
+        stopping = true;
+        kill_all();
+      } else if (n == (ssize_t)sizeof q && q.op == TPL_SPAWN) {
+        if (nkids == TPL_MAX_KIDS) {
+          send_rep(sock, TPL_SPAWNED, q.slot, 0, -EAGAIN);
+          continue;
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+          close(sock);
+          if (ownerfd >= 0) close(ownerfd);
+          close(sfd);
+          prctl(PR_SET_PDEATHSIG, SIGKILL);
+          if (getppid() != self) _exit(EX_SETUP);
+          carom__pool_worker_main(q.slot, cfg);
+        }
+        if (pid < 0) {
+          send_rep(sock, TPL_SPAWNED, q.slot, 0, -errno);
+        } else {
+          /* Set the group from here too, so a group kill can never miss a
+           * worker that has not run setpgid itself yet. */
+          setpgid(pid, pid);
+          kids[nkids] = pid;
+          kid_slot[nkids++] = q.slot;
+          send_rep(sock, TPL_SPAWNED, q.slot, pid, 0);
+        }
+      } else if (n == (ssize_t)sizeof q && q.op == TPL_KILL) {
+        for (int i = 0; i < nkids; i++)
+          if (kids[i] == q.pid) {
+            kill(-q.pid, q.sig);
+            kill(q.pid, q.sig);
+          }
+      }
+    }
+    /* The signalfd only says "something changed"; waitid says what. */
+    struct signalfd_siginfo si;
+    while (read(sfd, &si, sizeof si) > 0) {
+    }
+    reap(sock, !stopping);
+  }
+}

@@ -1,0 +1,302 @@
+/* pool/worker.c — the worker process: takes task messages from its down chan,
+ * runs them, writes results to its up chan, and spins briefly before it
+ * sleeps so a busy pool moves tasks without syscalls.
+ *
+ * Crash contract with the supervisor: `started` is raised (release) before a
+ * message's first item runs and `item` tracks the running item, so after a
+ * death the supervisor can tell started work (lost) from unstarted work
+ * (re-dispatched). A result is visible only once its last frame is published.
+ */
+#include "pool/internal.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+struct carom_task_ctx {
+  char *buf; /* result bytes of the running item */
+  size_t len, cap;
+  char err[ERRMSG_MAX];
+  bool has_err;
+  slot_t *slot;
+  uint64_t seq; /* the running message */
+  void (*volatile hook)(void *);
+  void *volatile hook_arg;
+};
+
+/* The worker's one task context, for the SIGUSR1 (soft limit) handler. */
+static carom_task_ctx_t *volatile soft_ctx;
+
+static void on_sigusr1(int sig) {
+  (void)sig;
+  int saved = errno;
+  carom_task_ctx_t *c = soft_ctx;
+  if (c && c->hook) c->hook(c->hook_arg);
+  errno = saved;
+}
+
+bool carom_task_soft_expired(carom_task_ctx_t *ctx) {
+  return atomic_load_explicit(&ctx->slot->soft_seq, memory_order_relaxed) == ctx->seq + 1;
+}
+
+void carom_task_on_soft_timeout(carom_task_ctx_t *ctx, void (*hook)(void *), void *arg) {
+  ctx->hook = NULL;
+  ctx->hook_arg = arg;
+  ctx->hook = hook;
+}
+
+typedef struct {
+  char *p;
+  size_t len, cap;
+} gbuf_t;
+
+static int gbuf_reserve(gbuf_t *b, size_t extra) {
+  if (b->len + extra <= b->cap) return 0;
+  size_t cap = b->cap ? b->cap : 4096;
+  while (cap < b->len + extra) cap *= 2;
+  char *p = realloc(b->p, cap);
+  if (!p) return -ENOMEM;
+  b->p = p;
+  b->cap = cap;
+  return 0;
+}
+
+int carom_task_return(carom_task_ctx_t *ctx, const void *data, size_t len) {
+  if (ctx->len + len > ctx->cap) {
+    size_t cap = ctx->cap ? ctx->cap : 256;
+    while (cap < ctx->len + len) cap *= 2;
+    char *p = realloc(ctx->buf, cap);
+    if (!p) return -ENOMEM;
+    ctx->buf = p;
+    ctx->cap = cap;
+  }
+  if (len) memcpy(ctx->buf + ctx->len, data, len);
+  ctx->len += len;
+  return 0;
+}
+
+int carom_task_fail(carom_task_ctx_t *ctx, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+  va_end(ap);
+  ctx->has_err = true;
+  return code < 0 ? code : CAROM_EREMOTE;
+}
+
+void carom__pool_wake_supervisor(pool_shm_t *h, int evfd) {
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&h->sup_sleep, memory_order_relaxed) &&
+      atomic_exchange_explicit(&h->sup_sleep, 0, memory_order_relaxed)) {
+    uint64_t one = 1;
+    ssize_t w = write(evfd, &one, sizeof one);
+    (void)w;
+  }
+}
+
+enum { WORKER_SPIN = 4000 };
+
+/* After consuming from the down chan: the supervisor may wait to write more. */
+static void space_freed(chan_t *c, pool_shm_t *h, int evfd) {
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&c->prod_wait, memory_order_relaxed) &&
+      atomic_exchange_explicit(&c->prod_wait, 0, memory_order_relaxed))
+    carom__pool_wake_supervisor(h, evfd);
+}
+
+/* Next frame of the down chan, sleeping when none comes for a while. */
+static const frame_t *wait_frame(chan_t *c) {
+  for (;;) {
+    for (int i = 0; i < WORKER_SPIN; i++) {
+      const frame_t *f = chan_peek(c);
+      if (f) return f;
+      carom__cpu_relax();
+    }
+    atomic_store_explicit(&c->cons_wait, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst); /* flag before re-check (Dekker with the writer) */
+    const frame_t *f = chan_peek(c);
+    if (f) {
+      atomic_store_explicit(&c->cons_wait, 0, memory_order_relaxed);
+      return f;
+    }
+    carom__futex_wait(&c->cons_wait, 1, NULL);
+    atomic_store_explicit(&c->cons_wait, 0, memory_order_relaxed);
+  }
+}
+
+/* Publish a whole message on the up chan, waiting for space when needed. */
+static void send_up(chan_t *c, pool_shm_t *h, int evfd, const void *msg, size_t len) {
+  struct iovec iov = {(void *)msg, len};
+  size_t progress = 0;
+  for (;;) {
+    bool done = chan_write(c, &iov, 1, len, &progress);
+    carom__pool_wake_supervisor(h, evfd);
+    if (done) return;
+    for (int i = 0; i < WORKER_SPIN && chan_write(c, &iov, 1, len, &progress) == false; i++)
+      carom__cpu_relax();
+    if (progress == len) {
+      carom__pool_wake_supervisor(h, evfd);
+      return;
+    }
+    atomic_store_explicit(&c->prod_wait, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (chan_write(c, &iov, 1, len, &progress)) {
+      atomic_store_explicit(&c->prod_wait, 0, memory_order_relaxed);
+      carom__pool_wake_supervisor(h, evfd);
+      return;
+    }
+    carom__pool_wake_supervisor(h, evfd);
+    struct timespec cap;
+    carom__futex_wait(&c->prod_wait, 1, carom__deadline_cap(NULL, 50 * 1000000ull, &cap));
+    atomic_store_explicit(&c->prod_wait, 0, memory_order_relaxed);
+  }
+}
+
+static void reset_signals(bool catch_sigint) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; s++) {
+    if (s == SIGKILL || s == SIGSTOP) continue;
+    sigaction(s, &sa, NULL); /* fails harmlessly for the libc-reserved ones */
+  }
+  if (!catch_sigint) signal(SIGINT, SIG_IGN);
+  sigset_t all;
+  sigemptyset(&all);
+  sigprocmask(SIG_SETMASK, &all, NULL);
+}
+
+void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
+  pool_shm_t *h = cfg->shm;
+  slot_t *slot = pool_slot(cfg->shm, idx);
+  chan_t *down = pool_chan(cfg->shm, slot->down_off);
+  chan_t *up = pool_chan(cfg->shm, slot->up_off);
+  const carom_pool_opts_t *o = cfg->opts;
+
+  reset_signals(o->catch_sigint);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigusr1;
+  sigaction(SIGUSR1, &sa, NULL); /* no SA_RESTART: a soft limit interrupts blocking calls */
+  /* Orphans of what tasks start are re-parented here, not to init, so they
+   * die with the worker (the template kills whatever it inherits). */
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  /* Own process group: the terminal's SIGINT does not reach it, and a hard
+   * kill can take the worker's descendants with it. */
+  setpgid(0, 0);
+  atomic_store_explicit(&slot->pid, (int32_t)getpid(), memory_order_relaxed);
+  char name[16];
+  snprintf(name, sizeof name, "carom-w%u", idx);
+  prctl(PR_SET_NAME, name);
+
+  if (o->initializer) {
+    char msg[ERRMSG_MAX] = "";
+    int r = o->initializer(o->initarg, msg, sizeof msg);
+    if (r != 0) {
+      if (!msg[0]) snprintf(msg, sizeof msg, "initializer returned %d", r);
+      memcpy(slot->errmsg, msg, sizeof msg);
+      _exit(EX_INITFAIL);
+    }
+  }
+  msg_t ready = {.kind = MSG_READY, .job_id = 0, .count = 0};
+  send_up(up, h, cfg->evfd, &ready, sizeof ready);
+
+  carom_task_ctx_t ctx = {.slot = slot};
+  soft_ctx = &ctx;
+  gbuf_t in = {0}, out = {0};
+  unsigned done_msgs = 0;
+  for (;;) {
+    const frame_t *f = wait_frame(down);
+    const char *msg;
+    size_t msg_len;
+    bool zero_copy = (f->flags & (FR_FIRST | FR_LAST)) == (FR_FIRST | FR_LAST);
+    if (zero_copy) {
+      msg = (const char *)(f + 1);
+      msg_len = f->len;
+    } else { /* reassemble a message that spans frames */
+      in.len = 0;
+      for (;;) {
+        if (gbuf_reserve(&in, f->len) != 0) _exit(EX_SETUP);
+        memcpy(in.p + in.len, f + 1, f->len);
+        in.len += f->len;
+        bool last = f->flags & FR_LAST;
+        chan_consume(down, f);
+        space_freed(down, h, cfg->evfd);
+        if (last) break;
+        f = wait_frame(down);
+      }
+      msg = in.p;
+      msg_len = in.len;
+    }
+    msg_t hdr;
+    memcpy(&hdr, msg, sizeof hdr);
+    (void)msg_len;
+    carom_task_fn fn = (carom_task_fn)(uintptr_t)hdr.fn;
+    const uint32_t *lens = (const uint32_t *)(msg + sizeof hdr);
+    const char *item = msg + sizeof hdr + (((size_t)hdr.count * 4 + 7) & ~(size_t)7);
+
+    ctx.seq = hdr.seq;
+    ctx.hook = NULL;
+    atomic_store_explicit(&slot->item, 0, memory_order_relaxed);
+    atomic_store_explicit(&slot->started_ns, carom_now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&slot->started, hdr.seq + 1, memory_order_release);
+    bool skip = atomic_load_explicit(&slot->cancel[hdr.seq % CANCEL_RING],
+                                     memory_order_acquire) == hdr.seq + 1;
+
+    /* Result message: header, item_res_t[count], then the bytes. */
+    out.len = 0;
+    size_t res_off = sizeof(msg_t);
+    size_t data_off = res_off + (size_t)hdr.count * sizeof(item_res_t);
+    if (gbuf_reserve(&out, data_off) != 0) _exit(EX_SETUP);
+    out.len = data_off;
+    for (uint32_t k = 0; k < hdr.count; k++) {
+      atomic_store_explicit(&slot->item, k, memory_order_relaxed);
+      ctx.len = 0;
+      ctx.has_err = false;
+      int code;
+      if (skip) {
+        code = carom_task_fail(&ctx, CAROM_ECANCELLED, "cancelled");
+      } else {
+        code = fn(&ctx, item, lens[k]);
+      }
+      item += lens[k];
+      const char *src = ctx.buf;
+      size_t n = ctx.len;
+      if (code > 0) code = 0;
+      if (code < 0 && code != CAROM_ECANCELLED && carom_task_soft_expired(&ctx)) {
+        char why[ERRMSG_MAX];
+        snprintf(why, sizeof why, "%s", ctx.has_err ? ctx.err : carom_strerror(code));
+        snprintf(ctx.err, sizeof ctx.err, "soft time limit exceeded (%.200s)", why);
+        ctx.has_err = true;
+        code = CAROM_ESOFTTIMELIMIT;
+      }
+      if (code < 0) {
+        if (!ctx.has_err) snprintf(ctx.err, sizeof ctx.err, "%s", carom_strerror(code));
+        src = ctx.err;
+        n = strlen(ctx.err) + 1;
+      }
+      if (gbuf_reserve(&out, n) != 0) _exit(EX_SETUP);
+      item_res_t r = {code, (uint32_t)n};
+      memcpy(out.p + res_off + k * sizeof r, &r, sizeof r);
+      if (n) memcpy(out.p + out.len, src, n);
+      out.len += n;
+    }
+    msg_t rh = {.job_id = hdr.job_id, .first = hdr.first, .kind = MSG_RESULT,
+                .count = hdr.count, .seq = hdr.seq};
+    memcpy(out.p, &rh, sizeof rh);
+    ctx.hook = NULL;
+    send_up(up, h, cfg->evfd, out.p, out.len);
+    /* Reap what tasks left behind (we are their subreaper). */
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
+    if (zero_copy) {
+      chan_consume(down, f);
+      space_freed(down, h, cfg->evfd);
+    }
+    if (o->maxtasksperchild && ++done_msgs >= o->maxtasksperchild) _exit(EX_RECYCLE);
+  }
+}

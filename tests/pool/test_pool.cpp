@@ -1,0 +1,562 @@
+// tests/pool/test_pool.cpp — the Pool: results, errors, map/imap, lost
+// workers, recycling, initializer failures, lifecycle, fork misuse, leaks.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "carom/pool.h"
+#include "testutil.h"
+
+using namespace carom_test;
+
+namespace {
+
+int square(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  int64_t x;
+  if (len != sizeof x) return carom_task_fail(ctx, -EINVAL, "want 8 bytes, got %zu", len);
+  memcpy(&x, arg, sizeof x);
+  x *= x;
+  return carom_task_return(ctx, &x, sizeof x);
+}
+
+int echo(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  return carom_task_return(ctx, arg, len);
+}
+
+// Argument: {int64 ms to sleep; int64 value}
+int sleepy(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  int64_t a[2];
+  memcpy(a, arg, sizeof a);
+  struct timespec ts = {a[0] / 1000, (a[0] % 1000) * 1000000};
+  while (nanosleep(&ts, &ts) != 0) {
+  }
+  return carom_task_return(ctx, &a[1], sizeof a[1]);
+}
+
+int getpid_task(carom_task_ctx_t *ctx, const void *, size_t) {
+  int32_t pid = getpid();
+  return carom_task_return(ctx, &pid, sizeof pid);
+}
+
+int crash(carom_task_ctx_t *, const void *arg, size_t) {
+  int how;
+  memcpy(&how, arg, sizeof how);
+  if (how == 0) raise(SIGSEGV);
+  if (how == 1) abort();
+  if (how == 2) _exit(123);
+  return 0;
+}
+
+int64_t i64(const void *p) {
+  int64_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+carom_pool_t *make_pool(int procs, unsigned maxtasks = 0) {
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = procs;
+  o.maxtasksperchild = maxtasks;
+  carom_pool_t *p = nullptr;
+  EXPECT_EQ(0, carom_pool_create(&o, &p));
+  return p;
+}
+
+// No child of ours may be left (zombie or alive) once pools are freed.
+void expect_no_children() {
+  int st;
+  EXPECT_EQ(-1, waitpid(-1, &st, WNOHANG));
+  EXPECT_EQ(ECHILD, errno);
+}
+
+}  // namespace
+
+TEST(Pool, ApplyReturnsResultAndTaskErrors) {
+  carom_pool_t *p = make_pool(2);
+  int64_t x = 12;
+  void *res = nullptr;
+  size_t len = 0;
+  ASSERT_EQ(0, carom_pool_apply(p, square, &x, sizeof x, &res, &len));
+  ASSERT_EQ(sizeof(int64_t), len);
+  EXPECT_EQ(144, i64(res));
+  free(res);
+  // A failing task: its code and message reach the caller.
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_apply_async(p, square, "abc", 3, nullptr, &j));
+  const void *d;
+  size_t n;
+  EXPECT_EQ(-EINVAL, carom_job_get(j, nullptr, &d, &n));
+  EXPECT_STREQ("want 8 bytes, got 3", (const char *)d);
+  EXPECT_EQ(0, carom_job_successful(j));
+  carom_job_release(j);
+  // Empty argument and empty result.
+  ASSERT_EQ(0, carom_pool_apply(p, echo, nullptr, 0, &res, &len));
+  EXPECT_EQ(0u, len);
+  free(res);
+  carom_pool_free(p);
+  expect_no_children();
+}
+
+TEST(Pool, MapKeepsOrderForManyChunkSizes) {
+  carom_pool_t *p = make_pool(2);
+  const size_t kN = 10000;
+  std::vector<int64_t> xs(kN);
+  std::vector<iovec> items(kN);
+  for (size_t i = 0; i < kN; i++) {
+    xs[i] = (int64_t)i - 5000;
+    items[i] = {&xs[i], sizeof xs[i]};
+  }
+  for (size_t cs : {0, 1, 7, 100, 10000}) {
+    carom_job_t *j;
+    ASSERT_EQ(0, carom_pool_map(p, square, items.data(), kN, cs, &j)) << cs;
+    ASSERT_EQ(kN, carom_job_count(j));
+    for (size_t i = 0; i < kN; i++) {
+      const void *d;
+      size_t n;
+      ASSERT_EQ(0, carom_job_item(j, i, &d, &n));
+      ASSERT_EQ(xs[i] * xs[i], i64(d)) << i;
+    }
+    carom_job_release(j);
+  }
+  carom_pool_free(p);
+}
+
+TEST(Pool, MapOfLargeItemsStreamsThroughSmallChannels) {
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = 2;
+  o.channel_bytes = 1 << 16;  // 64 KiB rings, 1 MiB items
+  carom_pool_t *p;
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  std::vector<std::string> big(6);
+  std::vector<iovec> items(6);
+  for (int i = 0; i < 6; i++) {
+    big[i].assign(1 << 20, (char)('a' + i));
+    items[i] = {big[i].data(), big[i].size()};
+  }
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_map(p, echo, items.data(), 6, 1, &j));
+  for (int i = 0; i < 6; i++) {
+    const void *d;
+    size_t n;
+    ASSERT_EQ(0, carom_job_item(j, i, &d, &n));
+    ASSERT_EQ(big[i].size(), n);
+    EXPECT_EQ(0, memcmp(d, big[i].data(), n));
+  }
+  carom_job_release(j);
+  carom_pool_free(p);
+}
+
+TEST(Pool, ImapOrderedAndUnordered) {
+  carom_pool_t *p = make_pool(2);
+  const size_t kN = 200;
+  std::vector<int64_t> args(kN * 2);
+  std::vector<iovec> items(kN);
+  for (size_t i = 0; i < kN; i++) {
+    args[2 * i] = (i % 10 == 0) ? 5 : 0;  // some items slower
+    args[2 * i + 1] = (int64_t)i;
+    items[i] = {&args[2 * i], 2 * sizeof(int64_t)};
+  }
+  for (bool ordered : {true, false}) {
+    carom_job_t *j;
+    ASSERT_EQ(0, carom_pool_imap(p, sleepy, items.data(), kN, 3, ordered, &j));
+    std::set<int64_t> seen;
+    size_t expect = 0;
+    timespec ts;
+    for (;;) {
+      size_t idx;
+      const void *d;
+      size_t n;
+      int rc = carom_job_next(j, carom_deadline(10, &ts), &idx, &d, &n);
+      if (rc == CAROM_EEOF) break;
+      ASSERT_EQ(0, rc);
+      EXPECT_EQ((int64_t)idx, i64(d));
+      if (ordered) {
+        EXPECT_EQ(expect++, idx);
+      }
+      EXPECT_TRUE(seen.insert((int64_t)idx).second);
+    }
+    EXPECT_EQ(kN, seen.size());
+    carom_job_release(j);
+  }
+  // next() with a deadline on a job that cannot finish in time.
+  int64_t slow[2] = {2000, 1};
+  iovec it = {slow, sizeof slow};
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_imap(p, sleepy, &it, 1, 1, true, &j));
+  timespec ts;
+  uint64_t t0 = carom_now_ns();
+  EXPECT_EQ(-ETIMEDOUT, carom_job_next(j, carom_deadline(0.05, &ts), nullptr, nullptr, nullptr));
+  EXPECT_LT((carom_now_ns() - t0) / 1e9, 0.05 + 0.5 * slow_factor());
+  carom_job_release(j);
+  carom_pool_free(p);  // terminates the slow task
+}
+
+TEST(Pool, KilledWorkerFailsItsTaskOnlyAndIsReplaced) {
+  carom_pool_t *p = make_pool(2);
+  // Occupy both workers with long tasks, then queue 6 short ones.
+  int64_t longarg[2] = {60000, 7};
+  carom_job_t *victim, *other;
+  ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, longarg, sizeof longarg, nullptr, &victim));
+  int64_t shortarg[2] = {300, 8};
+  ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, shortarg, sizeof shortarg, nullptr, &other));
+  std::vector<carom_job_t *> queued;
+  for (int i = 0; i < 6; i++) {
+    int64_t a[2] = {0, i};
+    carom_job_t *j;
+    ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &j));
+    queued.push_back(j);
+  }
+  while (!carom_job_accepted(victim)) usleep(1000);
+  pid_t pid;
+  ASSERT_EQ(1, carom_job_pids(victim, &pid, 1));
+  ASSERT_EQ(0, kill(pid, SIGKILL));
+  uint64_t t0 = carom_now_ns();
+  timespec ts;
+  const void *d;
+  size_t n;
+  EXPECT_EQ(CAROM_EWORKERLOST, carom_job_get(victim, carom_deadline(5, &ts), &d, &n));
+  EXPECT_LT((carom_now_ns() - t0) / 1e9, 0.1 * slow_factor());
+  EXPECT_NE(nullptr, strstr((const char *)d, "signal 9"));
+  EXPECT_EQ(0, carom_job_get(other, carom_deadline(10, &ts), &d, &n));
+  EXPECT_EQ(8, i64(d));
+  for (int i = 0; i < 6; i++) {
+    EXPECT_EQ(0, carom_job_get(queued[i], carom_deadline(10, &ts), &d, &n));
+    EXPECT_EQ(i, i64(d));
+    carom_job_release(queued[i]);
+  }
+  carom_job_release(victim);
+  carom_job_release(other);
+  // The pool still has 2 workers and serves.
+  int64_t x = 3;
+  void *res;
+  size_t len;
+  EXPECT_EQ(0, carom_pool_apply(p, square, &x, sizeof x, &res, &len));
+  free(res);
+  pid_t pids[4];
+  EXPECT_EQ(2, carom_pool_workers(p, pids, 4));
+  carom_pool_free(p);
+  expect_no_children();
+}
+
+TEST(Pool, CrashKindsAreReportedPrecisely) {
+  static std::vector<carom_worker_exit_t> exits;
+  exits.clear();
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = 1;
+  o.on_process_down = [](const carom_worker_exit_t *e, void *) { exits.push_back(*e); };
+  carom_pool_t *p;
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  struct { int how; const char *text; int code; } cases[] = {
+      {0, "signal 11", -SIGSEGV}, {1, "signal 6", -SIGABRT}, {2, "exited with code 123", 123}};
+  for (auto &c : cases) {
+    carom_job_t *j;
+    ASSERT_EQ(0, carom_pool_apply_async(p, crash, &c.how, sizeof c.how, nullptr, &j));
+    timespec ts;
+    const void *d;
+    size_t n;
+    EXPECT_EQ(CAROM_EWORKERLOST, carom_job_get(j, carom_deadline(10, &ts), &d, &n));
+    EXPECT_NE(nullptr, strstr((const char *)d, c.text)) << (const char *)d;
+    carom_job_release(j);
+  }
+  // on_process_down runs on the supervisor before the job completes.
+  ASSERT_EQ(3u, exits.size());
+  EXPECT_EQ(CAROM_WORKER_SIGNALED, exits[0].how);
+  EXPECT_EQ(-SIGSEGV, exits[0].exitcode);
+  EXPECT_EQ(-SIGABRT, exits[1].exitcode);
+  EXPECT_EQ(CAROM_WORKER_EXITED, exits[2].how);
+  EXPECT_EQ(123, exits[2].exitcode);
+  EXPECT_NE(0u, exits[2].job_id);
+  carom_pool_free(p);
+}
+
+TEST(Pool, MaxTasksPerChildRecyclesWithNothingLost) {
+  for (unsigned m = 1; m <= 3; m++) {
+    carom_pool_t *p = make_pool(1, m);
+    const int kN = 1000;
+    std::vector<carom_job_t *> jobs(kN);
+    for (int i = 0; i < kN; i++) ASSERT_EQ(0, carom_pool_apply_async(p, getpid_task, nullptr, 0, nullptr, &jobs[i]));
+    std::vector<int32_t> pids;
+    for (int i = 0; i < kN; i++) {
+      timespec ts;
+      const void *d;
+      size_t n;
+      ASSERT_EQ(0, carom_job_get(jobs[i], carom_deadline(30, &ts), &d, &n)) << i;
+      int32_t pid;
+      memcpy(&pid, d, sizeof pid);
+      pids.push_back(pid);
+      carom_job_release(jobs[i]);
+    }
+    // Each worker ran at most m tasks.
+    std::map<int32_t, int> per;
+    for (auto x : pids) per[x]++;
+    for (auto &kv : per) EXPECT_LE(kv.second, (int)m);
+    EXPECT_GE(per.size(), (size_t)(kN / m));
+    carom_pool_free(p);
+  }
+  expect_no_children();
+}
+
+TEST(Pool, LargeArgumentsWithMaxTasksPerChildOne) {
+  carom_pool_t *p = make_pool(1, 1);
+  std::string big(64 << 20, 'x');
+  for (int k = 0; k < 2; k++) {
+    void *res;
+    size_t len;
+    ASSERT_EQ(0, carom_pool_apply(p, echo, big.data(), big.size(), &res, &len));
+    EXPECT_EQ(big.size(), len);
+    EXPECT_EQ(0, memcmp(res, big.data(), len));
+    free(res);
+  }
+  carom_pool_free(p);
+}
+
+static int failing_init(void *, char *msg, size_t n) {
+  snprintf(msg, n, "no such database");
+  return 1;
+}
+
+TEST(Pool, FailingInitializerIsReportedNotRespawnedForever) {
+  static std::atomic<int> downs{0};
+  downs = 0;
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = 1;
+  o.initializer = failing_init;
+  o.init_retries = 3;
+  o.on_process_down = [](const carom_worker_exit_t *e, void *) {
+    if (e->how == CAROM_WORKER_INIT_FAILED) downs++;
+  };
+  carom_pool_t *p;
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_apply_async(p, echo, "a", 1, nullptr, &j));
+  timespec ts;
+  const void *d;
+  size_t n;
+  uint64_t t0 = carom_now_ns();
+  EXPECT_EQ(CAROM_EINITIALIZER, carom_job_get(j, carom_deadline(10, &ts), &d, &n));
+  EXPECT_STREQ("no such database", (const char *)d);
+  EXPECT_LT((carom_now_ns() - t0) / 1e9, 2.0 * slow_factor());
+  carom_job_release(j);
+  EXPECT_EQ(CAROM_EINITIALIZER, carom_pool_apply_async(p, echo, "a", 1, nullptr, &j));
+  // Backoff: 3 failures took >= 0.1 + 0.2 s; no storm.
+  EXPECT_LE(downs.load(), 5);
+  carom_pool_free(p);
+  expect_no_children();
+}
+
+TEST(Pool, CloseJoinTerminateSemantics) {
+  carom_pool_t *p = make_pool(2);
+  timespec ts;
+  EXPECT_EQ(-EINVAL, carom_pool_join(p, carom_deadline(1, &ts)));
+  std::vector<carom_job_t *> jobs(20);
+  for (int i = 0; i < 20; i++) {
+    int64_t a[2] = {5, i};
+    ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &jobs[i]));
+  }
+  EXPECT_EQ(0, carom_pool_close(p));
+  carom_job_t *late;
+  EXPECT_EQ(CAROM_ECLOSED, carom_pool_apply_async(p, echo, "a", 1, nullptr, &late));
+  EXPECT_EQ(0, carom_pool_join(p, carom_deadline(30, &ts)));
+  for (int i = 0; i < 20; i++) {  // close lets queued work finish
+    const void *d;
+    size_t n;
+    EXPECT_EQ(0, carom_job_get(jobs[i], nullptr, &d, &n));
+    EXPECT_EQ(i, i64(d));
+    carom_job_release(jobs[i]);
+  }
+  pid_t pids[4];
+  EXPECT_EQ(0, carom_pool_workers(p, pids, 4));
+  carom_pool_free(p);
+
+  // terminate: running tasks end TERMINATED, queued ones CANCELLED, quickly.
+  p = make_pool(2);
+  for (int i = 0; i < 10; i++) {
+    int64_t a[2] = {3600 * 1000, i};
+    ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &jobs[i]));
+  }
+  while (!carom_job_accepted(jobs[0]) || !carom_job_accepted(jobs[1])) usleep(1000);
+  uint64_t t0 = carom_now_ns();
+  EXPECT_EQ(0, carom_pool_terminate(p));
+  EXPECT_LT((carom_now_ns() - t0) / 1e9, 1.0 * slow_factor());
+  int term = 0, canc = 0;
+  for (int i = 0; i < 10; i++) {
+    int rc = carom_job_wait(jobs[i], nullptr);
+    term += rc == CAROM_ETERMINATED;
+    canc += rc == CAROM_ECANCELLED;
+    carom_job_release(jobs[i]);
+  }
+  EXPECT_EQ(2, term);
+  EXPECT_EQ(8, canc);
+  carom_pool_free(p);
+  expect_no_children();
+}
+
+TEST(Pool, CallbacksRunWithResults) {
+  static std::atomic<int> ok{0}, bad{0}, acc{0};
+  ok = bad = acc = 0;
+  carom_pool_t *p = make_pool(2);
+  carom_submit_opts_t so = {};
+  so.size = sizeof so;
+  so.callback = [](carom_job_t *j, void *) {
+    const void *d;
+    size_t n;
+    if (carom_job_item(j, 0, &d, &n) == 0) ok++;
+  };
+  so.error_callback = [](carom_job_t *, int code, void *) {
+    if (code == -EINVAL) bad++;
+  };
+  so.accept_callback = [](carom_job_t *, pid_t pid, void *) {
+    if (pid > 0) acc++;
+  };
+  std::vector<carom_job_t *> jobs;
+  for (int i = 0; i < 100; i++) {
+    int64_t x = i;
+    carom_job_t *j;
+    if (i % 10 == 0) ASSERT_EQ(0, carom_pool_apply_async(p, square, "x", 1, &so, &j));
+    else ASSERT_EQ(0, carom_pool_apply_async(p, square, &x, sizeof x, &so, &j));
+    jobs.push_back(j);
+  }
+  for (auto j : jobs) {
+    carom_job_wait(j, nullptr);
+    carom_job_release(j);
+  }
+  carom_pool_close(p);
+  carom_pool_join(p, nullptr);  // callbacks have all run once join returns
+  EXPECT_EQ(90, ok.load());
+  EXPECT_EQ(10, bad.load());
+  EXPECT_EQ(100, acc.load());
+  carom_pool_free(p);
+}
+
+TEST(Pool, CancelQueuedJob) {
+  carom_pool_t *p = make_pool(1);
+  int64_t a[2] = {300, 1};
+  carom_job_t *running, *queued[5];
+  ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &running));
+  for (auto &q : queued) ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &q));
+  while (!carom_job_accepted(running)) usleep(1000);
+  EXPECT_EQ(-EBUSY, carom_job_cancel(running));
+  for (auto &q : queued) EXPECT_EQ(0, carom_job_cancel(q));
+  for (auto &q : queued) {
+    EXPECT_EQ(CAROM_ECANCELLED, carom_job_wait(q, nullptr));
+    carom_job_release(q);
+  }
+  EXPECT_EQ(0, carom_job_wait(running, nullptr));
+  carom_job_release(running);
+  carom_pool_free(p);
+}
+
+TEST(Pool, TerminateOneJob) {
+  carom_pool_t *p = make_pool(2);
+  int64_t a[2] = {3600 * 1000, 1};
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &j));
+  while (!carom_job_accepted(j)) usleep(1000);
+  ASSERT_EQ(0, carom_job_terminate(j, SIGTERM));
+  timespec ts;
+  EXPECT_EQ(CAROM_ETERMINATED, carom_job_wait(j, carom_deadline(5, &ts)));
+  carom_job_release(j);
+  int64_t x = 2;
+  void *res;
+  size_t len;
+  EXPECT_EQ(0, carom_pool_apply(p, square, &x, sizeof x, &res, &len));
+  free(res);
+  carom_pool_free(p);
+}
+
+TEST(Pool, UseFromForkedChildFailsFast) {
+  carom_pool_t *p = make_pool(1);
+  pid_t c = fork_child([&] {
+    carom_job_t *j;
+    return carom_pool_apply_async(p, echo, "a", 1, nullptr, &j) == CAROM_EFORKED ? 0 : 1;
+  });
+  EXPECT_EQ(0, reap_code(c));
+  carom_pool_free(p);
+}
+
+TEST(Pool, RandomKillsUnderLoadEveryTaskEndsExactlyOnce) {
+  carom_pool_t *p = make_pool(2);
+  const int kN = 10000;
+  std::vector<carom_job_t *> jobs(kN);
+  for (int i = 0; i < kN; i++) {
+    int64_t a[2] = {0, i};
+    ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &jobs[i]));
+  }
+  std::mt19937 rng(7);
+  int kills = 0;
+  for (int k = 0; k < 20; k++) {
+    pid_t pids[2];
+    int n = carom_pool_workers(p, pids, 2);
+    if (n > 0 && kill(pids[rng() % n], SIGKILL) == 0) kills++;
+    usleep(2000);
+  }
+  int ok = 0, lost = 0;
+  for (int i = 0; i < kN; i++) {
+    timespec ts;
+    const void *d;
+    size_t n;
+    int rc = carom_job_get(jobs[i], carom_deadline(60, &ts), &d, &n);
+    if (rc == 0) {
+      ok++;
+      EXPECT_EQ(i, i64(d));
+    } else {
+      EXPECT_EQ(CAROM_EWORKERLOST, rc);
+      lost++;
+    }
+    carom_job_release(jobs[i]);
+  }
+  EXPECT_EQ(kN, ok + lost);
+  EXPECT_LE(lost, kills);
+  int64_t x = 5;
+  void *res;
+  size_t len;
+  EXPECT_EQ(0, carom_pool_apply(p, square, &x, sizeof x, &res, &len));
+  free(res);
+  carom_pool_free(p);
+  expect_no_children();
+}
+
+TEST(Pool, CreateDestroyCyclesLeakNothing) {
+  int fds = count_fds();
+  for (int i = 0; i < 200; i++) {
+    carom_pool_t *p = make_pool(2);
+    if (i % 2) {
+      int64_t x = i;
+      void *res;
+      size_t len;
+      ASSERT_EQ(0, carom_pool_apply(p, square, &x, sizeof x, &res, &len));
+      free(res);
+    }
+    carom_pool_free(p);
+  }
+  EXPECT_EQ(fds, count_fds());
+  expect_no_children();
+}
+
+TEST(Pool, BadArguments) {
+  carom_pool_t *p;
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = -1;
+  EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
+  o.processes = 1;
+  o.channel_bytes = 1000;
+  EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
+  o.size = 0;
+  EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
+  EXPECT_GE(carom_pool_cpu_count(), 1);
+  carom_pool_free(nullptr);
+  carom_job_release(nullptr);
+}
