@@ -4,6 +4,8 @@
 
 #include "carom/common.h"
 #include "carom/sync.h"
+#include "carom/ring.h"
+#include "carom/queue.h"
 #include "carom/shm.h"
 #include "carom/pool.h"
 #include "carom/connection.h"
