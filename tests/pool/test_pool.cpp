@@ -1,6 +1,7 @@
 // tests/pool/test_pool.cpp — the Pool: results, errors, map/imap, lost
 // workers, recycling, initializer failures, lifecycle, fork misuse, leaks.
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -37,6 +38,21 @@ int sleepy(carom_task_ctx_t *ctx, const void *arg, size_t len) {
   memcpy(a, arg, sizeof a);
   struct timespec ts = {a[0] / 1000, (a[0] % 1000) * 1000000};
   while (nanosleep(&ts, &ts) != 0) {
+  }
+  return carom_task_return(ctx, &a[1], sizeof a[1]);
+}
+
+// Shared with workers (mapped before any pool exists): the pid of the worker
+// running a task that hangs on purpose.
+volatile pid_t *g_hang_pid = static_cast<volatile pid_t *>(shared_alloc(4096));
+
+// Argument {ms, value}; ms < 0: report our pid and hang until killed.
+int hang_or_echo(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  int64_t a[2];
+  memcpy(a, arg, sizeof a);
+  if (a[0] < 0) {
+    *g_hang_pid = getpid();
+    for (;;) pause();
   }
   return carom_task_return(ctx, &a[1], sizeof a[1]);
 }
@@ -530,7 +546,10 @@ TEST(Pool, RandomKillsUnderLoadEveryTaskEndsExactlyOnce) {
 
 TEST(Pool, CreateDestroyCyclesLeakNothing) {
   int fds = count_fds();
-  for (int i = 0; i < 200; i++) {
+  // 1000 cycles as the issue asks; 200 under sanitizers (each cycle forks 4
+  // processes, and CI runs this suite four times).
+  const int cycles = slow_factor() > 1 ? 200 : 1000;
+  for (int i = 0; i < cycles; i++) {
     carom_pool_t *p = make_pool(2);
     if (i % 2) {
       int64_t x = i;
@@ -558,4 +577,103 @@ TEST(Pool, BadArguments) {
   EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
   carom_pool_free(nullptr);
   carom_job_release(nullptr);
+}
+
+// P17: an imap whose worker dies at item 50 yields 99 results and one
+// EWORKERLOST at the right position, then ends.
+TEST(Pool, ImapSurfacesLostWorkerInOrder) {
+  *g_hang_pid = 0;
+  carom_pool_t *p = make_pool(2);
+  const int kN = 100;
+  std::vector<int64_t> args(2 * kN);
+  std::vector<iovec> items(kN);
+  for (int i = 0; i < kN; i++) {
+    args[2 * i] = i == 50 ? -1 : 0;  // item 50 hangs until killed
+    args[2 * i + 1] = i;
+    items[i] = {&args[2 * i], 2 * sizeof(int64_t)};
+  }
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_imap(p, hang_or_echo, items.data(), kN, 1, true, &j));
+  int ok = 0, lost = 0, expect = 0;
+  bool killed = false;
+  timespec ts;
+  for (;;) {
+    size_t idx;
+    const void *d;
+    size_t n;
+    int rc = carom_job_next(j, carom_deadline(0.02, &ts), &idx, &d, &n);
+    if (rc == -ETIMEDOUT) {  // waiting for item 50: kill the worker running it
+      pid_t pid = *g_hang_pid;
+      if (pid > 0 && !killed) killed = kill(pid, SIGKILL) == 0;
+      continue;
+    }
+    if (rc == CAROM_EEOF) break;
+    EXPECT_EQ(expect++, (int)idx);
+    if (rc == 0) {
+      ok++;
+      EXPECT_EQ((int64_t)idx, i64(d));
+    } else {
+      EXPECT_EQ(CAROM_EWORKERLOST, rc);
+      EXPECT_EQ(50, (int)idx);
+      lost++;
+    }
+  }
+  EXPECT_TRUE(killed);
+  EXPECT_EQ(kN - 1, ok);
+  EXPECT_EQ(1, lost);
+  carom_job_release(j);
+  carom_pool_free(p);
+}
+
+// A parent with 8 threads, each creating and using its own pool: no stuck
+// child, every task completes, nothing left behind.
+TEST(Pool, EightThreadsCreateAndUsePools) {
+  std::vector<pthread_t> th(8);
+  std::atomic<int> good{0};
+  for (auto &t : th)
+    pthread_create(&t, nullptr, [](void *arg) -> void * {
+      auto *g = static_cast<std::atomic<int> *>(arg);
+      for (int round = 0; round < 5; round++) {
+        carom_pool_opts_t o = {};
+        o.size = sizeof o;
+        o.processes = 2;
+        carom_pool_t *p;
+        if (carom_pool_create(&o, &p) != 0) return nullptr;
+        int okc = 0;
+        for (int64_t x = 0; x < 20; x++) {
+          void *res;
+          size_t len;
+          if (carom_pool_apply(p, square, &x, sizeof x, &res, &len) == 0 && i64(res) == x * x) okc++;
+          free(res);
+        }
+        carom_pool_free(p);
+        if (okc == 20) (*g)++;
+      }
+      return nullptr;
+    }, &good);
+  for (auto &t : th) pthread_join(t, nullptr);
+  EXPECT_EQ(40, good.load());
+  expect_no_children();
+}
+
+// The thread that created the pool exits; the pool lives on (the template
+// watches the owner process, not the creating thread).
+TEST(Pool, SurvivesExitOfCreatingThread) {
+  carom_pool_t *p = nullptr;
+  pthread_t t;
+  pthread_create(&t, nullptr, [](void *arg) -> void * {
+    *static_cast<carom_pool_t **>(arg) = make_pool(2);
+    return nullptr;
+  }, &p);
+  pthread_join(t, nullptr);
+  ASSERT_NE(nullptr, p);
+  for (int64_t x = 0; x < 50; x++) {
+    void *res;
+    size_t len;
+    ASSERT_EQ(0, carom_pool_apply(p, square, &x, sizeof x, &res, &len));
+    EXPECT_EQ(x * x, i64(res));
+    free(res);
+  }
+  carom_pool_free(p);
+  expect_no_children();
 }
