@@ -105,7 +105,73 @@ static void pool_apply_async(bench_ctx_t *ctx) {
   free(jobs);
   char params[64];
   snprintf(params, sizeof params, "{\"tasks\": %zu, \"processes\": 2}", n);
-  bench_report(ctx, "pool.apply_async", (double)n / ((double)(t1 - t0) / 1e9), "tasks/s", params);
+  bench_report(ctx, "pool.apply_async.pipelined", (double)n / ((double)(t1 - t0) / 1e9), "tasks/s", params);
+  carom_pool_free(p);
+}
+
+/* Round trips: apply_async(...).get() one at a time (the Python peer's loop). */
+static void pool_apply_rtt(bench_ctx_t *ctx) {
+  carom_pool_t *p = pool_new(0);
+  size_t n = bench_scale(ctx, 20000);
+  uint64_t t0 = bench_now_ns();
+  for (size_t i = 0; i < n; i++) {
+    int64_t x = (int64_t)i;
+    carom_job_t *j;
+    if (carom_pool_apply_async(p, trivial, &x, sizeof x, NULL, &j) != 0) exit(1);
+    if (carom_job_wait(j, NULL) != 0) exit(1);
+    check_item(j, 0, x);
+    carom_job_release(j);
+  }
+  uint64_t t1 = bench_now_ns();
+  char params[64];
+  snprintf(params, sizeof params, "{\"tasks\": %zu, \"processes\": 2}", n);
+  bench_report(ctx, "pool.apply_async.rtt", (double)n / ((double)(t1 - t0) / 1e9), "tasks/s", params);
+  carom_pool_free(p);
+}
+
+static int sleeper(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  (void)ctx, (void)arg, (void)len;
+  for (;;) pause();
+  return 0;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* How late a hard time limit is enforced: from the moment the worker started
+ * the task + the limit, to the failure reaching the caller's wait(). */
+static void pool_timeout_latency(bench_ctx_t *ctx) {
+  slim();
+  carom_pool_opts_t o;
+  memset(&o, 0, sizeof o);
+  o.size = sizeof o;
+  o.processes = 1;
+  o.timeout = 0.05;
+  carom_pool_t *p;
+  if (carom_pool_create(&o, &p) != 0) exit(1);
+  size_t n = ctx->quick ? 10 : 100;
+  uint64_t *late = malloc(n * sizeof *late);
+  for (size_t i = 0; i < n; i++) {
+    carom_job_t *j;
+    if (carom_pool_apply_async(p, sleeper, NULL, 0, NULL, &j) != 0) exit(1);
+    int rc = carom_job_wait(j, NULL);
+    uint64_t acc = carom_job_start_time(j); /* the worker's own start stamp */
+    if (rc != CAROM_ETIMELIMIT || acc == 0) {
+      fprintf(stderr, "bench pool: a task past its limit did not fail with ETIMELIMIT\n");
+      exit(1);
+    }
+    uint64_t end = bench_now_ns();
+    late[i] = end - acc - 50000000ull;
+    carom_job_release(j);
+  }
+  qsort(late, n, sizeof *late, cmp_u64);
+  char params[80];
+  snprintf(params, sizeof params, "{\"timeouts\": %zu, \"limit_s\": 0.05}", n);
+  bench_report(ctx, "pool.timeout_latency", late[n / 2] / 1e6, "ms", params);
+  bench_report(ctx, "pool.timeout_latency.max", late[n - 1] / 1e6, "ms", params);
+  free(late);
   carom_pool_free(p);
 }
 
@@ -190,7 +256,9 @@ static void pool_start_stop(bench_ctx_t *ctx) {
 CAROM_BENCH("pool", "pool.start_task_shutdown", pool_start_stop)
 CAROM_BENCH("pool", "pool.maxtasksperchild1", pool_maxtasks1)
 CAROM_BENCH("pool", "pool.map", pool_map)
-CAROM_BENCH("pool", "pool.apply_async", pool_apply_async)
+CAROM_BENCH("pool", "pool.apply_async.pipelined", pool_apply_async)
+CAROM_BENCH("pool", "pool.apply_async.rtt", pool_apply_rtt)
+CAROM_BENCH("pool", "pool.timeout_latency", pool_timeout_latency)
 CAROM_BENCH("pool", "pool.imap_unordered", pool_imap_unordered)
 
 /* carom vs the Python peers measured in the same run (bench/bench_peers.c).
@@ -205,7 +273,7 @@ __attribute__((constructor)) static void pool_ratios(void) {
   snprintf(label, sizeof label, "speedup vs %s: %s", l, what);                        \
   bench_ratio(label, fig, peer);
     RATIO("pool.map.1M.default_chunks", "map", "pool.map (target >= 20)")
-    RATIO("pool.apply_async", "apply_async", "pool.apply_async (target >= 20)")
+    RATIO("pool.apply_async.rtt", "apply_async", "pool.apply_async round trips (target >= 20)")
     RATIO("pool.imap_unordered", "imap_unordered", "pool.imap_unordered (target >= 20)")
     RATIO("pool.maxtasksperchild1", "maxtasks1", "maxtasksperchild=1 (target >= 10)")
 #undef RATIO
@@ -213,4 +281,6 @@ __attribute__((constructor)) static void pool_ratios(void) {
     snprintf(label, sizeof label, "speedup vs %s: pool start+task+shutdown (target >= 10)", l);
     bench_ratio(label, peer, "pool.start_task_shutdown");
   }
+  bench_ratio("timeout latency: billiard / carom (median)", "peer.billiard.pool.timeout_latency",
+              "pool.timeout_latency");
 }

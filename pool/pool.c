@@ -99,6 +99,7 @@ struct carom_job {
   pid_t pids[MAX_JOB_PIDS];
   int npids;
   _Atomic bool accepted;
+  _Atomic uint64_t started_ns; /* when a worker first started it (worker's clock) */
   _Atomic bool cancel_req;
   _Atomic int term_sig;
   _Atomic uint32_t done;     /* futex: 1 when every item ended */
@@ -522,7 +523,9 @@ static bool dispatch(carom_pool_t *p) {
 }
 
 /* A worker started (part of) a job: record its pid, run accept_callback once. */
-static void job_accepted_by(carom_job_t *j, pid_t pid) {
+static void job_accepted_by(carom_job_t *j, pid_t pid, uint64_t started_ns) {
+  uint64_t zero = 0;
+  atomic_compare_exchange_strong(&j->started_ns, &zero, started_ns);
   pthread_mutex_lock(&j->mu);
   bool known = false;
   for (int q = 0; q < j->npids; q++) known |= j->pids[q] == pid;
@@ -550,7 +553,8 @@ static void check_started(carom_pool_t *p, unsigned i) {
   for (unsigned k = 0; k < w->fifo_n; k++) {
     flight_t *f = &w->fifo[(w->fifo_head + k) % w->fifo_cap];
     if (f->seq >= s) break;
-    job_accepted_by(f->job, w->pid);
+    job_accepted_by(f->job, w->pid,
+                    atomic_load_explicit(&pool_slot(p->shm, i)->started_ns, memory_order_relaxed));
   }
 }
 
@@ -600,7 +604,9 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
     res = (const item_res_t *)block->data;
     data = block->data + rlen;
   }
-  if (h.seq >= w->acc) job_accepted_by(j, w->pid); /* finished before we saw it start */
+  if (h.seq >= w->acc) /* finished before we saw it start */
+    job_accepted_by(j, w->pid,
+                    atomic_load_explicit(&pool_slot(p->shm, i)->started_ns, memory_order_relaxed));
   if (job_store(j, first, count, res, data, block)) job_finish(p, j);
 }
 
@@ -1434,6 +1440,8 @@ int carom_job_successful(carom_job_t *j) {
 }
 
 bool carom_job_accepted(carom_job_t *j) { return atomic_load(&j->accepted); }
+
+uint64_t carom_job_start_time(carom_job_t *j) { return atomic_load(&j->started_ns); }
 
 size_t carom_job_count(carom_job_t *j) { return j->n; }
 

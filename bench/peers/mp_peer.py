@@ -211,6 +211,54 @@ def w_lifecycle(m, n):
     return (t1 - t0) / n * 1e3, "ms"
 
 
+def _sleep(x):
+    time.sleep(x)
+    return x
+
+
+class NotSupported(Exception):
+    pass
+
+
+def w_timeout_latency(m, n):
+    """Median delay (ms) between a task's hard time limit (0.05 s) and its
+    failure reaching the caller. multiprocessing has no time limits. A pool
+    that wedges (no answer 5 s past the limit) is counted and replaced."""
+    if not hasattr(m.Pool, "_timeout_handler") and m.__name__ == "multiprocessing":
+        raise NotSupported("multiprocessing has no task time limits")
+    limit = 0.05
+    lat, wedged = [], 0
+    pool = m.Pool(1, timeout=limit)
+    try:
+        pool.apply(noop)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = pool.apply_async(_sleep, (3600,))
+            try:
+                r.get(timeout=limit + 5)
+                raise Wrong("a task past its time limit returned")
+            except Wrong:
+                raise
+            except Exception as e:
+                if type(e).__name__ == "TimeoutError" and not r.ready():
+                    wedged += 1
+                    pool.terminate()
+                    pool = m.Pool(1, timeout=limit)
+                    pool.apply(noop)
+                    continue
+                lat.append((time.perf_counter() - t0 - limit) * 1e3)
+    finally:
+        pool.terminate()
+    if not lat:
+        raise Wrong("every run wedged (%d)" % wedged)
+    lat.sort()
+    _timeout_latency_extra["wedged"] = wedged
+    _timeout_latency_extra["max"] = lat[-1]
+    return lat[len(lat) // 2], "ms"
+
+
+_timeout_latency_extra = {}
+
 # name: (function, base size at SCALE 1.0)
 WORKLOADS = {
     "queue": (w_queue, 200000),
@@ -223,11 +271,12 @@ WORKLOADS = {
     "imap_unordered": (w_imap_unordered, 1000000),
     "maxtasks1": (w_maxtasks1, 400),
     "lifecycle": (w_lifecycle, 20),
+    "timeout_latency": (w_timeout_latency, 10),
 }
 # billiard replaces a recycled worker and joins a pool on a ~1 s maintenance
 # loop (about 3 tasks/s with maxtasksperchild=1, ~1 s per pool shutdown on the
 # reference machine): smaller sizes keep the suite inside its time budget.
-BILLIARD_BASE = {"maxtasks1": 40, "lifecycle": 5}
+BILLIARD_BASE = {"maxtasks1": 40, "lifecycle": 5, "timeout_latency": 20}
 
 
 def main(argv):
@@ -259,13 +308,19 @@ def main(argv):
         n = max(1, int(base * scale))
         try:
             value, unit = fn(m, n)
+        except NotSupported as e:
+            print(json.dumps({"lib": lib, "workload": name,
+                              "error": "not supported: %s" % e}), flush=True)
+            continue
         except Exception as e:  # a wrong result or a peer bug: report, go on
             print(json.dumps({"lib": lib, "workload": name,
                               "error": "%s: %s" % (type(e).__name__, e)}), flush=True)
             failed = True
             continue
-        print(json.dumps({"lib": lib, "workload": name, "value": value,
-                          "unit": unit, "n": n}), flush=True)
+        out = {"lib": lib, "workload": name, "value": value, "unit": unit, "n": n}
+        if name == "timeout_latency":
+            out.update(_timeout_latency_extra)
+        print(json.dumps(out), flush=True)
     return 1 if failed else 0
 
 

@@ -228,6 +228,9 @@ CAROM_EXTERN bool carom_job_ready(carom_job_t *job);
 CAROM_EXTERN int carom_job_successful(carom_job_t *job);
 /* True once a worker has started (any part of) the job. */
 CAROM_EXTERN bool carom_job_accepted(carom_job_t *job);
+/* When a worker first started the job, on carom_now_ns()'s clock (read by the
+ * worker itself, so exact); 0 before that. Time limits count from here. */
+CAROM_EXTERN uint64_t carom_job_start_time(carom_job_t *job);
 /* Items in the job (1 for apply). */
 CAROM_EXTERN size_t carom_job_count(carom_job_t *job);
 /* Result of item i of a finished job: its code; data and len receive the result bytes on
