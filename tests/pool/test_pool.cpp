@@ -1,7 +1,9 @@
 // tests/pool/test_pool.cpp — the Pool: results, errors, map/imap, lost
 // workers, recycling, initializer failures, lifecycle, fork misuse, leaks.
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -676,4 +678,54 @@ TEST(Pool, SurvivesExitOfCreatingThread) {
   }
   carom_pool_free(p);
   expect_no_children();
+}
+
+// The owner is SIGKILLed: its template and workers are gone within 1 s.
+TEST(Pool, OwnerKilledLeavesNoWorker) {
+  auto *pids = static_cast<volatile pid_t *>(shared_alloc(4096));
+  pid_t owner = fork_child([&] {
+    carom_pool_t *p = make_pool(2);
+    int64_t x = 1;
+    void *res;
+    size_t len;
+    if (carom_pool_apply(p, square, &x, sizeof x, &res, &len) != 0) return 1;
+    pid_t w[2];
+    if (carom_pool_workers(p, w, 2) != 2) return 2;
+    pids[1] = w[0];
+    pids[2] = w[1];
+    pids[0] = 1;  // ready
+    for (;;) pause();
+    return 0;
+  });
+  while (!pids[0]) usleep(1000);
+  ASSERT_EQ(0, kill(owner, SIGKILL));
+  EXPECT_EQ(1000 + SIGKILL, reap_code(owner));
+  for (int i = 1; i <= 2; i++) {
+    int fd = (int)syscall(SYS_pidfd_open, pids[i], 0);
+    if (fd < 0) continue;  // already gone and reaped
+    struct pollfd pf = {fd, POLLIN, 0};
+    EXPECT_EQ(1, poll(&pf, 1, (int)(1000 * slow_factor()))) << "worker " << pids[i] << " survived";
+    close(fd);
+  }
+  shared_free((void *)pids, 4096);
+}
+
+// Workers ignore the terminal's SIGINT unless asked (catch_sigint).
+TEST(Pool, WorkersIgnoreSigint) {
+  carom_pool_t *p = make_pool(1);
+  int64_t x = 2;
+  void *res;
+  size_t len;
+  ASSERT_EQ(0, carom_pool_apply(p, square, &x, sizeof x, &res, &len));
+  free(res);
+  pid_t w;
+  ASSERT_EQ(1, carom_pool_workers(p, &w, 1));
+  EXPECT_NE(getpgid(0), getpgid(w));  // own process group
+  ASSERT_EQ(0, kill(w, SIGINT));
+  ASSERT_EQ(0, carom_pool_apply(p, getpid_task, nullptr, 0, &res, &len));
+  int32_t pid;
+  memcpy(&pid, res, sizeof pid);
+  free(res);
+  EXPECT_EQ(w, pid);  // same worker: it survived
+  carom_pool_free(p);
 }

@@ -350,3 +350,38 @@ TEST_F(PoolTimeouts, OwnerSigintInterruptsBlockingMap) {
       EXPECT_TRUE(gone_within(g_shared->workers[i], 1.0));
     }
 }
+
+// SIGTERM to the owner shuts the pool down with the configured grace: queued
+// tasks end cancelled, running ones terminated once the grace is over.
+TEST_F(PoolTimeouts, OwnerSigtermShutsDownWithGrace) {
+#ifdef CAROM_TSAN
+  GTEST_SKIP() << "signal delivery is deferred under ThreadSanitizer";
+#endif
+  pid_t owner = fork_child([] {
+    carom_pool_opts_t o = {};
+    o.size = sizeof o;
+    o.processes = 1;
+    o.signals = CAROM_POOL_SIGTERM_SHUTDOWN;
+    o.sigterm_grace = 0.3;
+    carom_pool_t *p;
+    if (carom_pool_create(&o, &p) != 0) return 10;
+    int64_t hour = 3600 * 1000;
+    carom_job_t *run, *queued;
+    if (carom_pool_apply_async(p, sleep_ms, &hour, sizeof hour, nullptr, &run) != 0) return 11;
+    if (carom_pool_apply_async(p, sleep_ms, &hour, sizeof hour, nullptr, &queued) != 0) return 12;
+    while (!carom_job_accepted(run)) usleep(1000);
+    g_shared->hook_ran = 1;
+    uint64_t t0 = carom_now_ns();
+    int a = carom_job_wait(run, nullptr), b = carom_job_wait(queued, nullptr);
+    double took = secs_since(t0);
+    carom_job_release(run);
+    carom_job_release(queued);
+    carom_pool_free(p);
+    if (a != CAROM_ETERMINATED) return 13;
+    if (b != CAROM_ECANCELLED) return 14;
+    return took >= 0.3 && took < 1.3 * slow_factor() ? 0 : 15;
+  });
+  while (!g_shared->hook_ran) usleep(1000);
+  ASSERT_EQ(0, kill(owner, SIGTERM));
+  EXPECT_EQ(0, reap_code(owner, 10));
+}
