@@ -213,3 +213,20 @@ int carom_rlock_consistent(carom_rlock_t *l) {
 bool carom_rlock_is_owned(const carom_rlock_t *l) { return rlock_mine(l); }
 
 unsigned carom_rlock_count(const carom_rlock_t *l) { return rlock_mine(l) ? l->count_ : 0; }
+
+int carom__rlock_release_all(carom_rlock_t *l, uint32_t *depth) {
+  if (!rlock_mine(l)) return CAROM_ENOTOWNER;
+  *depth = l->count_;
+  l->count_ = 0;
+  atomic_store_explicit(OWNER(l), 0, memory_order_relaxed);
+  return carom__lockword_release(CAROM__WORD(&l->word_));
+}
+
+int carom__rlock_restore(carom_rlock_t *l, uint32_t depth, const struct timespec *deadline) {
+  int r = carom__lockword_acquire(CAROM__WORD(&l->word_), deadline, false);
+  if (r == 0 || r == -EOWNERDEAD) {
+    atomic_store_explicit(OWNER(l), carom__self_tid(), memory_order_relaxed);
+    l->count_ = depth;
+  }
+  return r;
+}
