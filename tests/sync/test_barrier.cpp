@@ -89,7 +89,7 @@ TEST(Barrier, TimeoutBreaksBarrierForOthers) {
   EXPECT_EQ(-ETIMEDOUT, carom_barrier_wait(&s->b, carom_deadline(0.1, &ts)));
   double w = secs_since(t0);
   EXPECT_GE(w, 0.1);
-  EXPECT_LT(w, 0.1 + 0.1 * slow_factor());
+  EXPECT_LT(w, 0.1 + 0.2 * slow_factor());
   EXPECT_EQ(0, reap_code(other));
   EXPECT_TRUE(carom_barrier_broken(&s->b));
   EXPECT_EQ(0u, carom_barrier_n_waiting(&s->b));
@@ -113,7 +113,7 @@ TEST(Barrier, DefaultTimeoutFromInit) {
   EXPECT_EQ(-ETIMEDOUT, carom_barrier_wait(&b, nullptr));
   double w = secs_since(t0);
   EXPECT_GE(w, 0.05);
-  EXPECT_LT(w, 0.05 + 0.1 * slow_factor());
+  EXPECT_LT(w, 0.05 + 0.2 * slow_factor());
   EXPECT_TRUE(carom_barrier_broken(&b));
 }
 
@@ -178,7 +178,7 @@ TEST(Barrier, PartyKilledOthersBreakAfterTimeout) {
   timespec ts;
   uint64_t t0 = carom_now_ns();
   EXPECT_EQ(-ETIMEDOUT, carom_barrier_wait(&s->b, carom_deadline(0.2, &ts)));
-  EXPECT_LT(secs_since(t0), 0.2 + 0.1 * slow_factor());
+  EXPECT_LT(secs_since(t0), 0.2 + 0.2 * slow_factor());
   EXPECT_EQ(0, reap_code(patient));
   EXPECT_TRUE(carom_barrier_broken(&s->b));
   carom_barrier_reset(&s->b);
@@ -255,4 +255,39 @@ TEST(Barrier, ThreadsOfOneProcessRounds) {
   for (auto &t : th) pthread_join(t, nullptr);
   for (uint32_t c : counts) EXPECT_EQ(300u, c);
   EXPECT_FALSE(carom_barrier_broken(&b));
+}
+
+static void gated_action(void *arg) {
+  S *s = static_cast<S *>(arg);
+  if (s->action_runs == 0) {  // hold the first round's action until released
+    __atomic_store_n(&s->ready, 1, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) != 2) usleep(100);
+  }
+  s->action_runs++;
+}
+
+// A caller arriving while the action of a full round runs is not part of
+// that round (it neither gets an index in it nor breaks it): it waits and
+// joins the next round.
+TEST(Barrier, ArrivalDuringActionJoinsNextRound) {
+  S *s = make_s();
+  carom_barrier_init(&s->b, 2, gated_action, s, CAROM_NO_TIMEOUT);
+  pid_t first = fork_child([&] { return carom_barrier_wait(&s->b, nullptr); });
+  ASSERT_TRUE(wait_until_sleeping(first));
+  pid_t runner = fork_child([&] { return carom_barrier_wait(&s->b, nullptr); });
+  while (__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) != 1) usleep(100);
+  pid_t late = fork_child([&] { return 10 + carom_barrier_wait(&s->b, nullptr); });
+  ASSERT_TRUE(wait_until_sleeping(late));
+  EXPECT_EQ(0u, carom_barrier_n_waiting(&s->b));  // the full round is not "waiting"
+  __atomic_store_n(&s->ready, 2, __ATOMIC_SEQ_CST);
+  EXPECT_EQ(0, reap_code(first));
+  EXPECT_EQ(1, reap_code(runner));
+  // Next round: `late` and we make it up (either may re-enter first), and the
+  // action runs once more.
+  timespec ts;
+  int mine = carom_barrier_wait(&s->b, carom_deadline(20, &ts));
+  int theirs = reap_code(late) - 10;
+  EXPECT_TRUE((mine == 0 && theirs == 1) || (mine == 1 && theirs == 0)) << mine << " " << theirs;
+  EXPECT_EQ(2u, s->action_runs);
+  shared_free(s, sizeof *s);
 }

@@ -30,7 +30,7 @@ TEST(Event, SetClearIsSetAndImmediateWait) {
   EXPECT_EQ(-ETIMEDOUT, carom_event_wait(&e, carom_deadline(0.1, &ts)));
   double w = secs_since(t0);
   EXPECT_GE(w, 0.1);
-  EXPECT_LT(w, 0.1 + 0.1 * slow_factor());
+  EXPECT_LT(w, 0.1 + 0.2 * slow_factor());
 }
 
 // A set() from another process wakes a sleeping waiter long before its
@@ -72,7 +72,7 @@ TEST(Event, TwoOfFiveWaitersKilledSurvivorsWake) {
   EXPECT_EQ(1000 + SIGKILL, reap_code(kids[3]));
   uint64_t t0 = carom_now_ns();
   carom_event_set(e);
-  EXPECT_LT(secs_since(t0), 0.01 * slow_factor());  // one FUTEX_WAKE, never blocks
+  EXPECT_LT(secs_since(t0), 0.05 * slow_factor());  // one FUTEX_WAKE, never blocks
   uint64_t t1 = carom_now_ns();
   for (int i : {0, 2, 4}) EXPECT_EQ(0, reap_code(kids[i]));
   EXPECT_LT(secs_since(t1), 1.0 * slow_factor());
