@@ -26,7 +26,7 @@
 
 #include <stddef.h>
 
-enum { COND_LOCK = 1, COND_RLOCK = 2 };
+enum { COND_LOCK = 1, COND_RLOCK = 2, COND_SPIN = 100 };
 
 #define SEQ(c) CAROM__WORD(&(c)->seq_)
 #define CWAITERS(c) CAROM__WORD(&(c)->waiters_)
@@ -98,6 +98,12 @@ int carom_cond_wait(carom_cond_t *c, const struct timespec *deadline) {
     carom__lockword_release(bound_word(c));
 
   int res = 0;
+  /* Brief spin before sleeping (as the semaphore's): a notify that comes
+   * within ~2 µs costs neither side a sleep nor a wake-up. */
+  for (int i = 0; i < COND_SPIN; i++) {
+    if (atomic_load_explicit(SEQ(c), memory_order_relaxed) != s) goto notified;
+    carom__cpu_relax();
+  }
   for (;;) {
     struct timespec cap;
     int r = carom__futex_wait(
@@ -109,6 +115,7 @@ int carom_cond_wait(carom_cond_t *c, const struct timespec *deadline) {
     }
     /* A kernel-spurious wake, EINTR or a poll tick with seq unchanged: sleep on. */
   }
+notified:
   atomic_fetch_sub_explicit(CWAITERS(c), 1, memory_order_relaxed);
 
   /* Re-acquire without bound, as Python and pthread_cond_timedwait do: the

@@ -16,6 +16,7 @@ enum {
   EV_SET = 1u,
   EV_SLEEPERS = 2u,
   EV_GEN_ONE = 4u, /* one generation step */
+  EV_SPIN = 100,
 };
 
 #define EW(e) CAROM__WORD(&(e)->word_)
@@ -60,6 +61,14 @@ int carom_event_wait(carom_event_t *e, const struct timespec *deadline) {
   if (v & EV_SET) return 0;
   if (carom__deadline_passed(deadline)) return -ETIMEDOUT;
   const uint32_t gen = v & ~(EV_SET | EV_SLEEPERS);
+  /* Brief spin before announcing a sleeper: a set() within ~2 µs then needs
+   * no FUTEX_WAKE and the waiter no sleep. */
+  for (int i = 0; i < EV_SPIN; i++) {
+    uint32_t now = atomic_load_explicit(EW(e), memory_order_acquire);
+    if ((now & EV_SET) || (now & ~(EV_SET | EV_SLEEPERS)) != gen) return 0;
+    carom__cpu_relax();
+  }
+  v = atomic_load_explicit(EW(e), memory_order_relaxed);
   for (;;) {
     if (!(v & EV_SLEEPERS)) {
       if (!atomic_compare_exchange_weak_explicit(EW(e), &v, v | EV_SLEEPERS,

@@ -199,8 +199,8 @@ CAROM_EXTERN unsigned carom_tsem_held(const carom_tsem_t *s);
  * Python's Event: a flag that wait() blocks on until set.
  *
  * One futex word: bit 0 = set, bit 1 = "somebody may sleep", the bits above
- * a generation bumped by every set. set() wakes all sleepers, and only when
- * the sleep bit says someone sleeps. A waiter returns 0 once the event has
+ * a generation bumped by every set. A waiter spins briefly, then sleeps;
+ * set() wakes all sleepers, and only when the sleep bit says someone sleeps. A waiter returns 0 once the event has
  * been set at any moment since it started waiting, even if another process
  * cleared it again before the waiter ran (the generation tells it), so a
  * set() followed at once by clear() wakes everybody who was waiting.
@@ -245,7 +245,8 @@ CAROM_EXTERN int carom_event_wait(carom_event_t *e, const struct timespec *deadl
  * Design (USER-PAIN P21): a futex on a sequence counter plus an advisory
  * count of waiters, no per-waiter state. wait() reads the counter and counts
  * itself in while holding the lock, releases the lock (every recursion level
- * of an RLock), sleeps until the counter moves, then re-acquires the lock and
+ * of an RLock), spins briefly and then sleeps until the counter moves,
+ * re-acquires the lock and
  * restores the recursion depth. notify(n) bumps the counter and wakes up to n
  * sleepers, but only if some waiter is counted. Waiters that had read the
  * counter and not yet gone to sleep also return: spurious wake-ups happen and
