@@ -246,8 +246,7 @@ CAROM_EXTERN int carom_event_wait(carom_event_t *e, const struct timespec *deadl
  * count of waiters, no per-waiter state. wait() reads the counter and counts
  * itself in while holding the lock, releases the lock (every recursion level
  * of an RLock), spins briefly and then sleeps until the counter moves,
- * re-acquires the lock and
- * restores the recursion depth. notify(n) bumps the counter and wakes up to n
+ * re-acquires the lock and restores the recursion depth. notify(n) bumps the counter and wakes up to n
  * sleepers, but only if some waiter is counted. Waiters that had read the
  * counter and not yet gone to sleep also return: spurious wake-ups happen and
  * callers must re-check their predicate (use wait_for). No wake-up is lost:
