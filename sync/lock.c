@@ -88,6 +88,11 @@ int carom__lockword_acquire(_Atomic uint32_t *w, const struct timespec *deadline
     return r < 0 ? r : -EAGAIN;
   }
 
+  /* A deadline already passed means "try once": no spin, no sleep. */
+  if (deadline && carom__deadline_passed(deadline)) {
+    int r = carom__lockword_acquire(w, NULL, true);
+    return r == -EAGAIN ? -ETIMEDOUT : r;
+  }
   if (spin_acquire(w, (uint32_t)me)) return 0;
 
   for (;;) {
