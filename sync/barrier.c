@@ -60,8 +60,12 @@ void carom_barrier_destroy(carom_barrier_t *b) { (void)b; }
 
 /* Wake sleepers after a state change (lock held). */
 static void bump_locked(carom_barrier_t *b) {
-  atomic_fetch_add_explicit(BF(b, seq_), 1, memory_order_relaxed);
-  if (LD(b, waiters_) != 0) carom__futex_wake(BF(b, seq_), INT_MAX);
+  /* seq_cst on both sides (here and sleep_on's waiters_++ before its
+   * FUTEX_WAIT): either the sleeper's wait sees the new seq_ or we see its
+   * count and wake it. */
+  atomic_fetch_add_explicit(BF(b, seq_), 1, memory_order_seq_cst);
+  if (atomic_load_explicit(BF(b, waiters_), memory_order_seq_cst) != 0)
+    carom__futex_wake(BF(b, seq_), INT_MAX);
 }
 
 static void end_round_locked(carom_barrier_t *b, bool broken) {

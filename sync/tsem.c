@@ -54,8 +54,10 @@ static uint32_t reclaim_locked(carom_tsem_t *s) {
   }
   if (got) {
     TST(s, value_, TLD(s, value_) + got);
-    atomic_fetch_add_explicit(TW(s, seq_), 1, memory_order_relaxed);
-    if (TLD(s, waiters_)) carom__futex_wake(TW(s, seq_), got > INT_MAX ? INT_MAX : (int)got);
+    /* seq_cst pairs with the waiter's waiters_++ before its FUTEX_WAIT. */
+    atomic_fetch_add_explicit(TW(s, seq_), 1, memory_order_seq_cst);
+    if (atomic_load_explicit(TW(s, waiters_), memory_order_seq_cst))
+      carom__futex_wake(TW(s, seq_), got > INT_MAX ? INT_MAX : (int)got);
   }
   return got;
 }
@@ -157,8 +159,9 @@ int carom_tsem_release(carom_tsem_t *s) {
     }
   }
   if (r == 0) {
-    atomic_fetch_add_explicit(TW(s, seq_), 1, memory_order_relaxed);
-    if (TLD(s, waiters_)) carom__futex_wake(TW(s, seq_), 1);
+    atomic_fetch_add_explicit(TW(s, seq_), 1, memory_order_seq_cst);
+    if (atomic_load_explicit(TW(s, waiters_), memory_order_seq_cst))
+      carom__futex_wake(TW(s, seq_), 1);
   }
   tunlock(s);
   return r;
