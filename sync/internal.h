@@ -25,4 +25,10 @@ int carom__lockword_acquire(_Atomic uint32_t *w, const struct timespec *deadline
 /* Release a held lock word. 0 or CAROM_ENOTLOCKED. */
 int carom__lockword_release(_Atomic uint32_t *w);
 
+/* Condition support: release every recursion level of an RLock the caller
+ * owns, returning the depth in *depth (CAROM_ENOTOWNER if not owned), and
+ * take it back with that depth (codes of carom_rlock_acquire). */
+int carom__rlock_release_all(carom_rlock_t *l, uint32_t *depth);
+int carom__rlock_restore(carom_rlock_t *l, uint32_t depth, const struct timespec *deadline);
+
 #endif
