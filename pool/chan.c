@@ -27,14 +27,22 @@ void chan_init(chan_t *c, uint64_t data_off, uint64_t cap) {
   c->data_off = data_off;
 }
 
-/* Copy n bytes of the message starting at message offset off from iov. */
-static void gather(char *dst, const struct iovec *iov, int iovcnt, size_t off, size_t n) {
-  int i = 0;
-  while (i < iovcnt && off >= iov[i].iov_len) off -= iov[i++].iov_len;
-  while (n > 0 && i < iovcnt) {
-    size_t take = iov[i].iov_len - off;
+/* The message is the concatenation of a[0..na) and b[0..nb). */
+static inline const struct iovec *seg(const struct iovec *a, size_t na, const struct iovec *b,
+                                      size_t i) {
+  return i < na ? &a[i] : &b[i - na];
+}
+
+/* Copy n bytes of the message starting at message offset off. */
+static void gather(char *dst, const struct iovec *a, size_t na, const struct iovec *b, size_t nb,
+                   size_t off, size_t n) {
+  size_t i = 0, cnt = na + nb;
+  while (i < cnt && off >= seg(a, na, b, i)->iov_len) off -= seg(a, na, b, i++)->iov_len;
+  while (n > 0 && i < cnt) {
+    const struct iovec *v = seg(a, na, b, i);
+    size_t take = v->iov_len - off;
     if (take > n) take = n;
-    memcpy(dst, (const char *)iov[i].iov_base + off, take);
+    memcpy(dst, (const char *)v->iov_base + off, take);
     dst += take;
     n -= take;
     off = 0;
@@ -45,6 +53,11 @@ static void gather(char *dst, const struct iovec *iov, int iovcnt, size_t off, s
 enum { MIN_PARTIAL = 512 };
 
 bool chan_write(chan_t *c, const struct iovec *iov, int iovcnt, size_t total, size_t *progress) {
+  return chan_write2(c, iov, (size_t)iovcnt, NULL, 0, total, progress);
+}
+
+bool chan_write2(chan_t *c, const struct iovec *a, size_t na, const struct iovec *b, size_t nb,
+                 size_t total, size_t *progress) {
   const uint64_t mask = c->cap - 1;
   char *data = chan_data(c);
   uint64_t head = atomic_load_explicit(&c->head, memory_order_relaxed);
@@ -71,7 +84,7 @@ bool chan_write(chan_t *c, const struct iovec *iov, int iovcnt, size_t total, si
     }
     {
       frame_t *f = (frame_t *)(data + pos);
-      gather((char *)(f + 1), iov, iovcnt, *progress, chunk);
+      gather((char *)(f + 1), a, na, b, nb, *progress, chunk);
       f->len = (uint32_t)chunk;
       f->flags = (*progress == 0 ? FR_FIRST : 0) | (*progress + chunk == total ? FR_LAST : 0);
       head += want;

@@ -55,6 +55,10 @@ void chan_init(chan_t *c, uint64_t data_off, uint64_t cap);
  * whole message is published, false when the ring filled first (call again
  * later with the same arguments). Publishes after every frame. */
 bool chan_write(chan_t *c, const struct iovec *iov, int iovcnt, size_t total, size_t *progress);
+/* The same for a message made of two iovec arrays, a then b (saves building
+ * one array when b is the caller's own list of items). */
+bool chan_write2(chan_t *c, const struct iovec *a, size_t na, const struct iovec *b, size_t nb,
+                 size_t total, size_t *progress);
 /* The next frame, or NULL when none is published. Skips PAD frames. */
 const frame_t *chan_peek(chan_t *c);
 /* Release the frame returned by chan_peek. */

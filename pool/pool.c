@@ -73,9 +73,10 @@ struct carom_job {
   bool ordered;
   carom_task_fn fn;
   size_t n, chunksize;
-  char *in;          /* all items' bytes, contiguous */
+  char *in;          /* all items' bytes, contiguous (copied jobs) */
   uint64_t *in_off;  /* n + 1 offsets into in */
   uint32_t *in_len;  /* n lengths */
+  const struct iovec *uitems; /* borrowed: the caller's items (blocking map) */
   carom_submit_opts_t cb;
   uint64_t soft_ns, hard_ns; /* limits (0: none) */
   bool timeout_set_called;
@@ -139,9 +140,14 @@ typedef struct {
   /* Service time of this worker's messages (EWMA of the gap between results
    * while it stayed busy), to queue more of them when they are tiny. */
   uint64_t last_result_ns, avg_ns;
-  /* reassembly of a multi-frame result */
-  char *rbuf;
+  /* reassembly of a multi-frame result, handed to the job as its block */
+  res_block_t *rbuf;
   size_t rlen, rcap;
+  /* item lengths of a borrowed job's message being sent */
+  uint32_t *lens;
+  size_t lens_cap;
+  const struct iovec *send_items; /* borrowed items of that message */
+  size_t send_nitems;
   /* respawn policy */
   unsigned init_failures;
   uint64_t respawn_at;
@@ -205,8 +211,13 @@ static void job_unref(carom_job_t *j) {
   free(j);
 }
 
+/* A new job over n items. Copied (the default): the items' bytes are copied
+ * into the job, so the caller may free them at once. Borrowed (blocking map
+ * only, which returns after the job is done): the job reads the caller's
+ * items in place and the parent copies them once, into the channel. */
 static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct iovec *items,
-                            size_t n, size_t chunksize, const carom_submit_opts_t *cb) {
+                            size_t n, size_t chunksize, const carom_submit_opts_t *cb,
+                            bool borrow) {
   size_t total = 0;
   for (size_t i = 0; i < n; i++) {
     if (items[i].iov_len > UINT32_MAX - 4096) return NULL;
@@ -215,24 +226,28 @@ static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const s
   size_t head = sizeof(carom_job_t);
   size_t off_items = (head + 15) & ~(size_t)15;
   size_t off_inoff = off_items + n * sizeof(item_t);
-  size_t off_inlen = off_inoff + (n + 1) * sizeof(uint64_t);
-  size_t off_in = off_inlen + ((n * sizeof(uint32_t) + 15) & ~(size_t)15);
-  carom_job_t *j = malloc(off_in + total + 1);
+  size_t off_inlen = off_inoff + (borrow ? 0 : (n + 1) * sizeof(uint64_t));
+  size_t off_in = off_inlen + (borrow ? 0 : ((n * sizeof(uint32_t) + 15) & ~(size_t)15));
+  carom_job_t *j = malloc(off_in + (borrow ? 0 : total) + 1);
   if (!j) return NULL;
   memset(j, 0, sizeof *j);
   j->items = (item_t *)((char *)j + off_items);
-  j->in_off = (uint64_t *)((char *)j + off_inoff);
-  j->in_len = (uint32_t *)((char *)j + off_inlen);
-  j->in = (char *)j + off_in;
-  uint64_t o = 0;
-  for (size_t i = 0; i < n; i++) {
-    j->in_off[i] = o;
-    j->in_len[i] = (uint32_t)items[i].iov_len;
-    if (items[i].iov_len) memcpy(j->in + o, items[i].iov_base, items[i].iov_len);
-    o += items[i].iov_len;
-    j->items[i] = (item_t){CODE_PENDING, 0, NULL};
+  for (size_t i = 0; i < n; i++) j->items[i] = (item_t){CODE_PENDING, 0, NULL};
+  if (borrow) {
+    j->uitems = items;
+  } else {
+    j->in_off = (uint64_t *)((char *)j + off_inoff);
+    j->in_len = (uint32_t *)((char *)j + off_inlen);
+    j->in = (char *)j + off_in;
+    uint64_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+      j->in_off[i] = o;
+      j->in_len[i] = (uint32_t)items[i].iov_len;
+      if (items[i].iov_len) memcpy(j->in + o, items[i].iov_base, items[i].iov_len);
+      o += items[i].iov_len;
+    }
+    j->in_off[n] = o;
   }
-  j->in_off[n] = o;
   atomic_init(&j->refs, 2); /* caller + pool */
   j->pool = p;
   j->id = atomic_fetch_add(&p->next_id, 1) + 1;
@@ -423,7 +438,8 @@ static bool slot_flush(carom_pool_t *p, unsigned i) {
   wslot_t *w = &p->slots[i];
   if (!w->sending) return true;
   chan_t *down = pool_chan(p->shm, pool_slot(p->shm, i)->down_off);
-  bool done = chan_write(down, w->iov, 4, w->send_total, &w->send_progress);
+  bool done = chan_write2(down, w->iov, 4, w->send_items, w->send_nitems, w->send_total,
+                         &w->send_progress);
   down_notify(down);
   if (done) w->sending = false;
   else atomic_store_explicit(&down->prod_wait, 1, memory_order_relaxed);
@@ -454,15 +470,37 @@ static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first,
              .kind = MSG_TASK, .count = (uint32_t)count, .seq = w->seq};
   memcpy(w->hdr, &h, sizeof h);
   /* [header][item lengths][0-4 zero bytes to align][item bytes], gathered
-   * straight from the job: no copy besides the one into the ring. */
+   * straight from the job (or the caller's items): no copy besides the one
+   * into the ring. */
   static const char zeros[8];
   size_t lens_bytes = count * sizeof(uint32_t);
   size_t pad = ((lens_bytes + 7) & ~(size_t)7) - lens_bytes;
   w->iov[0] = (struct iovec){w->hdr, sizeof h};
-  w->iov[1] = (struct iovec){j->in_len + first, lens_bytes};
   w->iov[2] = (struct iovec){(void *)zeros, pad};
-  w->iov[3] = (struct iovec){j->in + j->in_off[first], j->in_off[first + count] - j->in_off[first]};
-  w->send_total = w->iov[0].iov_len + w->iov[1].iov_len + w->iov[2].iov_len + w->iov[3].iov_len;
+  w->send_items = NULL;
+  w->send_nitems = 0;
+  if (j->uitems) {
+    if (count > w->lens_cap) {
+      uint32_t *nl = realloc(w->lens, count * sizeof *nl);
+      if (!nl) carom__die("out of memory");
+      w->lens = nl;
+      w->lens_cap = count;
+    }
+    size_t bytes = 0;
+    for (size_t k = 0; k < count; k++) {
+      w->lens[k] = (uint32_t)j->uitems[first + k].iov_len;
+      bytes += w->lens[k];
+    }
+    w->iov[1] = (struct iovec){w->lens, lens_bytes};
+    w->iov[3] = (struct iovec){NULL, 0};
+    w->send_items = j->uitems + first;
+    w->send_nitems = count;
+    w->send_total = sizeof h + lens_bytes + pad + bytes;
+  } else {
+    w->iov[1] = (struct iovec){j->in_len + first, lens_bytes};
+    w->iov[3] = (struct iovec){j->in + j->in_off[first], j->in_off[first + count] - j->in_off[first]};
+    w->send_total = w->iov[0].iov_len + w->iov[1].iov_len + w->iov[2].iov_len + w->iov[3].iov_len;
+  }
   w->send_progress = 0;
   w->sending = true;
   fifo_push(w, (flight_t){j, first, count, w->seq});
@@ -623,20 +661,24 @@ static bool drain_up(carom_pool_t *p, unsigned i) {
       chan_consume(up, f);
     } else {
       if (f->flags & FR_FIRST) w->rlen = 0;
-      if (w->rlen + f->len > w->rcap) {
+      if (!w->rbuf || w->rlen + f->len > w->rcap) {
         size_t cap = w->rcap ? w->rcap : 65536;
         while (cap < w->rlen + f->len) cap *= 2;
-        char *nb = realloc(w->rbuf, cap);
+        res_block_t *nb = realloc(w->rbuf, sizeof *nb + cap);
         if (!nb) carom__die("out of memory");
         w->rbuf = nb;
         w->rcap = cap;
       }
-      memcpy(w->rbuf + w->rlen, f + 1, f->len);
+      memcpy(w->rbuf->data + w->rlen, f + 1, f->len);
       w->rlen += f->len;
       bool last = f->flags & FR_LAST;
       chan_consume(up, f);
       if (last) {
-        handle_result(p, i, w->rbuf, w->rlen, NULL);
+        /* The reassembled message becomes the job's block: no second copy. */
+        res_block_t *b = w->rbuf;
+        w->rbuf = NULL;
+        w->rcap = 0;
+        handle_result(p, i, b->data, w->rlen, b);
         w->rlen = 0;
       }
     }
@@ -1327,7 +1369,7 @@ static int submit(carom_pool_t *p, carom_job_t *j) {
 }
 
 static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct iovec *items,
-                      size_t n, size_t chunksize, const carom_submit_opts_t *opts,
+                      size_t n, size_t chunksize, const carom_submit_opts_t *opts, bool borrow,
                       carom_job_t **out) {
   if (!p || !fn || !out || (n && !items)) return -EINVAL;
   *out = NULL;
@@ -1340,7 +1382,7 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
     chunksize = n / d + (n % d ? 1 : 0);
     if (chunksize == 0) chunksize = 1;
   }
-  carom_job_t *j = job_new(p, kind, fn, items, n, chunksize, opts ? &cb : NULL);
+  carom_job_t *j = job_new(p, kind, fn, items, n, chunksize, opts ? &cb : NULL, borrow);
   if (!j) return -ENOMEM;
   int rc = submit(p, j);
   if (rc) {
@@ -1356,7 +1398,7 @@ int carom_pool_apply_async(carom_pool_t *p, carom_task_fn fn, const void *arg, s
                            const carom_submit_opts_t *opts, carom_job_t **job) {
   if (len && !arg) return -EINVAL;
   struct iovec it = {(void *)arg, len};
-  return submit_new(p, JOB_APPLY, fn, &it, 1, 1, opts, job);
+  return submit_new(p, JOB_APPLY, fn, &it, 1, 1, opts, false, job);
 }
 
 int carom_pool_apply(carom_pool_t *p, carom_task_fn fn, const void *arg, size_t len,
@@ -1381,19 +1423,20 @@ int carom_pool_apply(carom_pool_t *p, carom_task_fn fn, const void *arg, size_t 
 
 int carom_pool_map_async(carom_pool_t *p, carom_task_fn fn, const struct iovec *items, size_t n,
                          size_t chunksize, const carom_submit_opts_t *opts, carom_job_t **job) {
-  return submit_new(p, JOB_MAP, fn, items, n, chunksize, opts, job);
+  return submit_new(p, JOB_MAP, fn, items, n, chunksize, opts, false, job);
 }
 
 int carom_pool_map(carom_pool_t *p, carom_task_fn fn, const struct iovec *items, size_t n,
                    size_t chunksize, carom_job_t **job) {
-  int rc = carom_pool_map_async(p, fn, items, n, chunksize, NULL, job);
+  /* Blocking: the items outlive the job, so they are read in place. */
+  int rc = submit_new(p, JOB_MAP, fn, items, n, chunksize, NULL, true, job);
   if (rc) return rc;
   return carom_job_wait(*job, NULL);
 }
 
 int carom_pool_imap(carom_pool_t *p, carom_task_fn fn, const struct iovec *items, size_t n,
                     size_t chunksize, bool ordered, carom_job_t **job) {
-  int rc = submit_new(p, JOB_IMAP, fn, items, n, chunksize, NULL, job);
+  int rc = submit_new(p, JOB_IMAP, fn, items, n, chunksize, NULL, false, job);
   if (rc == 0) (*job)->ordered = ordered;
   return rc;
 }
@@ -1655,6 +1698,7 @@ void carom_pool_free(carom_pool_t *p) {
     if (p->slots[i].pidfd >= 0) close(p->slots[i].pidfd);
     free(p->slots[i].fifo);
     free(p->slots[i].rbuf);
+    free(p->slots[i].lens);
   }
   /* Jobs still queued (never reached the supervisor) */
   while (p->sub_head) {
