@@ -1378,8 +1378,19 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   carom_submit_opts_t cb = {0};
   if (opts) memcpy(&cb, opts, opts->size);
   if (chunksize == 0 && kind != JOB_APPLY) {
+    /* Python's default, ceil(n / (4 * processes)), capped so that a chunk's
+     * task message (and a result of the same size) fits one channel frame:
+     * such chunks travel without any copy but the one into the ring, and the
+     * worker's buffers stay in cache. */
     size_t d = 4 * p->nslots;
     chunksize = n / d + (n % d ? 1 : 0);
+    size_t bytes = 0;
+    for (size_t i = 0; i < n && i < 1024; i++) bytes += items[i].iov_len;
+    size_t sample = n < 1024 ? n : 1024;
+    size_t per_item = (sample ? bytes / sample : 0) + sizeof(uint32_t) + sizeof(item_res_t) + 8;
+    size_t budget = (p->opts.channel_bytes / 4 - 64) / 2;
+    size_t cap = budget / per_item;
+    if (chunksize > cap) chunksize = cap;
     if (chunksize == 0) chunksize = 1;
   }
   carom_job_t *j = job_new(p, kind, fn, items, n, chunksize, opts ? &cb : NULL, borrow);
@@ -1443,8 +1454,28 @@ int carom_pool_imap(carom_pool_t *p, carom_task_fn fn, const struct iovec *items
 
 /* ------------------------------------------------------------ job API */
 
+/* A caller about to sleep on a job spins this long first: results of short
+ * tasks arrive within microseconds, and a futex sleep + wake-up costs tens of
+ * them on a small machine (shared/FLOORS.md). */
+enum { CALLER_SPIN_NS = 30000 };
+
+/* Spin until *word != seen or the spin budget is spent. */
+static bool spin_for_change(_Atomic uint32_t *word, uint32_t seen) {
+  uint64_t t0 = 0;
+  for (unsigned i = 0;; i++) {
+    if (atomic_load_explicit(word, memory_order_acquire) != seen) return true;
+    if ((i & 63) == 0) {
+      uint64_t now = carom_now_ns();
+      if (!t0) t0 = now;
+      else if (now - t0 > CALLER_SPIN_NS) return false;
+    }
+    pool_spin_step(i);
+  }
+}
+
 /* Sleep until progress changes from `seen` or the deadline passes. */
 static int job_sleep(carom_job_t *j, uint32_t seen, const struct timespec *deadline) {
+  if (spin_for_change(&j->progress, seen)) return 0;
   atomic_fetch_add(&j->waiters_progress, 1);
   int r = carom__futex_wait(&j->progress, seen, deadline);
   atomic_fetch_sub(&j->waiters_progress, 1);
@@ -1453,6 +1484,7 @@ static int job_sleep(carom_job_t *j, uint32_t seen, const struct timespec *deadl
 
 int carom_job_wait(carom_job_t *j, const struct timespec *deadline) {
   if (!j) return -EINVAL;
+  if (!atomic_load(&j->done) && !carom__deadline_passed(deadline)) spin_for_change(&j->done, 0);
   while (!atomic_load(&j->done)) {
     atomic_fetch_add(&j->waiters_done, 1);
     int r = carom__futex_wait(&j->done, 0, deadline);

@@ -198,7 +198,9 @@ CAROM_EXTERN int carom_pool_apply_async(carom_pool_t *pool, carom_task_fn fn, co
                                         size_t len, const carom_submit_opts_t *opts,
                                         carom_job_t **job);
 /* map_async: fn over n items (copied at submission), sent to workers in chunks
- * of `chunksize` items (0: Python's default, ceil(n / (4 * processes))).
+ * of `chunksize` items (0: Python's default, ceil(n / (4 * processes)),
+ * capped so that one chunk's message fits a single channel frame, a quarter
+ * of channel_bytes, which keeps chunks zero-copy).
  * Results keep item order: carom_job_item(job, i, ...). A worker lost in the
  * middle of a chunk fails the items of that chunk that had started (their
  * results died with it) with CAROM_EWORKERLOST; the chunk's unstarted items
