@@ -149,7 +149,6 @@ typedef struct {
   const struct iovec *send_items; /* borrowed items of that message */
   size_t send_nitems;
   /* respawn policy */
-  unsigned init_failures;
   uint64_t respawn_at;
   uint64_t dead_since;
 } wslot_t;
@@ -157,7 +156,10 @@ typedef struct {
 struct carom_pool {
   pid_t owner;
   carom_pool_opts_t opts;
-  unsigned nslots;
+  unsigned nslots;  /* worker positions: target, or 2 x target with recycling */
+  unsigned target;  /* workers to keep (opts.processes) */
+  unsigned init_failures;  /* consecutive initializer failures, pool-wide */
+  uint64_t spawn_after;    /* initializer backoff: no spawn before this */
   void *shm;
   size_t shm_size;
   int evfd, sock, epfd;
@@ -604,7 +606,7 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
   if (h.kind == MSG_READY) {
     if (w->state == W_STARTING) {
       w->state = W_UP;
-      w->init_failures = 0;
+      p->init_failures = 0;
       p->healthy++;
       pthread_mutex_lock(&p->mu);
       p->init_broken = false;
@@ -813,14 +815,14 @@ static void worker_gone(carom_pool_t *p, unsigned i) {
   w->state = W_DEAD;
   w->respawn_at = carom_now_ns();
   if (ex.how == CAROM_WORKER_INIT_FAILED) {
-    w->init_failures++;
-    uint64_t backoff = 100000000ull << (w->init_failures - 1 < 6 ? w->init_failures - 1 : 6);
+    p->init_failures++;
+    uint64_t backoff = 100000000ull << (p->init_failures - 1 < 6 ? p->init_failures - 1 : 6);
     if (backoff > 5000000000ull) backoff = 5000000000ull;
-    w->respawn_at += backoff;
+    p->spawn_after = w->respawn_at + backoff;
     unsigned cap = p->opts.init_retries ? p->opts.init_retries : 3;
     carom__warn("pool: worker %d initializer failed (%u in a row): %s", (int)w->pid,
-                w->init_failures, s->errmsg);
-    if (w->init_failures >= cap && p->healthy == 0) {
+                p->init_failures, s->errmsg);
+    if (p->init_failures >= cap && p->healthy == 0) {
       pthread_mutex_lock(&p->mu);
       p->init_broken = true;
       snprintf(p->init_error, sizeof p->init_error, "%s", s->errmsg);
@@ -1106,14 +1108,26 @@ static void *supervisor(void *arg) {
     }
     if (grace < next_limit) next_limit = grace;
 
-    /* Lifecycle: (re)spawn while there is a reason to, stop when done. */
+    /* Lifecycle: (re)spawn while there is a reason to, stop when done. A
+     * worker that has been given its last task (maxtasksperchild) no longer
+     * counts: its replacement is forked into a spare position while it
+     * finishes, so recycling overlaps with work instead of stalling it. */
     bool work_left = p->pend_head || p->live_jobs;
     bool all_down = true;
+    unsigned live = 0;
+    for (unsigned i = 0; i < p->nslots; i++) {
+      wslot_t *w = &p->slots[i];
+      bool retiring = w->state == W_UP && p->opts.maxtasksperchild &&
+                      w->sent_msgs >= p->opts.maxtasksperchild;
+      live += w->state != W_EMPTY && w->state != W_DEAD && !retiring && !w->stop_sent;
+    }
     for (unsigned i = 0; i < p->nslots; i++) {
       wslot_t *w = &p->slots[i];
       bool down = w->state == W_EMPTY || w->state == W_DEAD;
-      bool want = !p->tpl_dead && (pstate == POOL_RUN || (pstate == POOL_CLOSE && work_left));
+      bool want = !p->tpl_dead && (pstate == POOL_RUN || (pstate == POOL_CLOSE && work_left)) &&
+                  live < p->target && now >= p->spawn_after;
       if (down && want && now >= w->respawn_at && spawn_worker(p, i) == 0) {
+        live++;
         down = false;
         progress = true;
       }
@@ -1166,7 +1180,8 @@ static void *supervisor(void *arg) {
         wslot_t *w = &p->slots[i];
         if (w->dead_since) timeout = timeout > 20 ? 20 : timeout;
         if (w->state == W_DEAD && pstate != POOL_TERMINATE) {
-          int64_t ms = ((int64_t)w->respawn_at - (int64_t)now) / 1000000 + 1;
+          uint64_t at = w->respawn_at > p->spawn_after ? w->respawn_at : p->spawn_after;
+          int64_t ms = ((int64_t)at - (int64_t)now) / 1000000 + 1;
           if (ms < timeout) timeout = ms < 0 ? 0 : (int)ms;
         }
       }
@@ -1237,7 +1252,8 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   carom_pool_t *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   p->opts = o;
-  p->nslots = (unsigned)o.processes;
+  p->target = (unsigned)o.processes;
+  p->nslots = p->target * (o.maxtasksperchild ? 2 : 1);
   p->owner = carom__self_pid();
   p->evfd = p->sock = p->epfd = p->tpl_pidfd = -1;
   p->term_running = CAROM_ETERMINATED;
@@ -1314,7 +1330,7 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   ev.data.u64 = 2;
   epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->sock, &ev);
 
-  for (unsigned i = 0; i < p->nslots; i++) {
+  for (unsigned i = 0; i < p->target; i++) {
     rc = spawn_worker(p, i);
     if (rc) goto fail;
   }
@@ -1382,7 +1398,7 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
      * task message (and a result of the same size) fits one channel frame:
      * such chunks travel without any copy but the one into the ring, and the
      * worker's buffers stay in cache. */
-    size_t d = 4 * p->nslots;
+    size_t d = 4 * p->target;
     chunksize = n / d + (n % d ? 1 : 0);
     size_t bytes = 0;
     for (size_t i = 0; i < n && i < 1024; i++) bytes += items[i].iov_len;
