@@ -508,6 +508,81 @@ int carom_heap_new_lock(carom_heap_t *h, carom_lock_t **out) {
   return 0;
 }
 
+/* Allocate size bytes for a sync object in h (or the default heap). */
+static int new_obj(carom_heap_t **h, size_t size, void **p) {
+  int rc = heap_or_default(h);
+  if (rc == 0) rc = carom_heap_alloc(*h, size, 0, p);
+  return rc < 0 ? rc : 0;
+}
+
+int carom_heap_new_sem(carom_heap_t *h, unsigned value, carom_sem_t **out) {
+  void *p;
+  int rc = new_obj(&h, sizeof(carom_sem_t), &p);
+  if (rc) return rc;
+  if ((rc = carom_sem_init(p, value)) < 0) {
+    carom_heap_free(h, p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
+int carom_heap_new_bounded_sem(carom_heap_t *h, unsigned value, carom_sem_t **out) {
+  void *p;
+  int rc = new_obj(&h, sizeof(carom_sem_t), &p);
+  if (rc) return rc;
+  if ((rc = carom_sem_init_bounded(p, value)) < 0) {
+    carom_heap_free(h, p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
+int carom_heap_new_tsem(carom_heap_t *h, unsigned value, carom_tsem_t **out) {
+  void *p;
+  int rc = new_obj(&h, sizeof(carom_tsem_t), &p);
+  if (rc) return rc;
+  if ((rc = carom_tsem_init(p, value)) < 0) {
+    carom_heap_free(h, p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
+int carom_heap_new_event(carom_heap_t *h, carom_event_t **out) {
+  void *p;
+  int rc = new_obj(&h, sizeof(carom_event_t), &p);
+  if (rc) return rc;
+  carom_event_init(p);
+  *out = p;
+  return 0;
+}
+
+int carom_heap_new_cond(carom_heap_t *h, carom_cond_t **out) {
+  void *p;
+  int rc = new_obj(&h, sizeof(carom_cond_t), &p);
+  if (rc) return rc;
+  carom_cond_init(p, NULL);
+  *out = p;
+  return 0;
+}
+
+int carom_heap_new_barrier(carom_heap_t *h, unsigned parties, carom_barrier_action_fn action,
+                           void *arg, double timeout_s, carom_barrier_t **out) {
+  if (parties == 0) return -EINVAL;
+  void *p;
+  int rc = new_obj(&h, sizeof(carom_barrier_t), &p);
+  if (rc) return rc;
+  if ((rc = carom_barrier_init(p, parties, action, arg, timeout_s)) < 0) {
+    carom_heap_free(h, p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
 int carom_heap_new_rlock(carom_heap_t *h, carom_rlock_t **out) {
   int rc = heap_or_default(&h);
   void *p;

@@ -180,6 +180,19 @@ CAROM_EXTERN int carom_heap_check(carom_heap_t *h, carom_heap_stats_t *st);
  * which for these types does nothing). 0, or carom_heap_alloc()'s errors. */
 CAROM_EXTERN int carom_heap_new_lock(carom_heap_t *h, carom_lock_t **out);
 CAROM_EXTERN int carom_heap_new_rlock(carom_heap_t *h, carom_rlock_t **out);
+/* Semaphore(value) / BoundedSemaphore(value) / tracked semaphore. */
+CAROM_EXTERN int carom_heap_new_sem(carom_heap_t *h, unsigned value, carom_sem_t **out);
+CAROM_EXTERN int carom_heap_new_bounded_sem(carom_heap_t *h, unsigned value, carom_sem_t **out);
+CAROM_EXTERN int carom_heap_new_tsem(carom_heap_t *h, unsigned value, carom_tsem_t **out);
+CAROM_EXTERN int carom_heap_new_event(carom_heap_t *h, carom_event_t **out);
+/* Condition() with its own RLock, as Python's Condition(); bind to another
+ * lock with carom_cond_init() on memory from carom_heap_alloc() instead. */
+CAROM_EXTERN int carom_heap_new_cond(carom_heap_t *h, carom_cond_t **out);
+/* Barrier(parties, action, timeout): see carom_barrier_init (-EINVAL for
+ * parties == 0, nothing allocated). */
+CAROM_EXTERN int carom_heap_new_barrier(carom_heap_t *h, unsigned parties,
+                                        carom_barrier_action_fn action, void *arg,
+                                        double timeout_s, carom_barrier_t **out);
 
 /* ========================================================= Value/Array ==== */
 

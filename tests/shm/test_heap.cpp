@@ -320,3 +320,50 @@ TEST(Heap, LockFromTheDefaultHeapIsSharedByForkedChildren) {
   EXPECT_EQ(0, carom_heap_free(dh, l));
   EXPECT_EQ(0, carom_heap_free(dh, rl));
 }
+
+// Every sync primitive made with a heap constructor before fork is shared by
+// the children, as `Semaphore()`, `Event()`, `Condition()`, `Barrier()` are in
+// Python.
+TEST(Heap, ConstructorsForEverySyncPrimitiveShareAcrossFork) {
+  carom_heap_t *h;
+  ASSERT_EQ(0, carom_heap_create(1 << 20, &h));
+  carom_sem_t *sem, *bsem;
+  carom_tsem_t *tsem;
+  carom_event_t *ev;
+  carom_cond_t *cond;
+  carom_barrier_t *bar;
+  ASSERT_EQ(0, carom_heap_new_sem(h, 0, &sem));
+  ASSERT_EQ(0, carom_heap_new_bounded_sem(h, 1, &bsem));
+  ASSERT_EQ(0, carom_heap_new_tsem(h, 2, &tsem));
+  ASSERT_EQ(0, carom_heap_new_event(h, &ev));
+  ASSERT_EQ(0, carom_heap_new_cond(h, &cond));
+  ASSERT_EQ(0, carom_heap_new_barrier(h, 4, nullptr, nullptr, 10.0, &bar));
+  EXPECT_EQ(-EINVAL, carom_heap_new_barrier(h, 0, nullptr, nullptr, 1.0, &bar));
+  int64_t *counter;
+  ASSERT_EQ(0, carom_heap_calloc(h, sizeof *counter, 0, (void **)&counter));
+  std::vector<pid_t> kids;
+  for (int k = 0; k < 3; k++)
+    kids.push_back(fork_child([&] {
+      timespec ts;
+      if (carom_event_wait(ev, carom_deadline(10, &ts)) != 0) return 1;
+      if (carom_sem_release(sem, 1) != 0) return 2;
+      if (carom_cond_acquire(cond, carom_deadline(10, &ts)) != 0) return 4;
+      ++*counter;
+      carom_cond_notify_all(cond);
+      carom_cond_release(cond);
+      int idx = carom_barrier_wait(bar, carom_deadline(10, &ts));
+      return idx >= 0 && idx < 4 ? 0 : 5;
+    }));
+  carom_event_set(ev);
+  timespec ts;
+  for (int k = 0; k < 3; k++) EXPECT_EQ(0, carom_sem_acquire(sem, carom_deadline(10, &ts)));
+  ASSERT_EQ(0, carom_cond_acquire(cond, carom_deadline(10, &ts)));
+  while (*counter < 3) ASSERT_EQ(0, carom_cond_wait(cond, carom_deadline(10, &ts)));
+  carom_cond_release(cond);
+  int idx = carom_barrier_wait(bar, carom_deadline(10, &ts));
+  EXPECT_GE(idx, 0);
+  for (pid_t k : kids) EXPECT_EQ(0, reap_code(k));
+  EXPECT_EQ(3, *counter);
+  EXPECT_EQ(CAROM_EOVERRELEASE, carom_sem_release(bsem, 1));
+  carom_heap_destroy(h);
+}
