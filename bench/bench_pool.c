@@ -62,27 +62,36 @@ static void check_item(carom_job_t *j, size_t i, int64_t x) {
   }
 }
 
-static void map_run(bench_ctx_t *ctx, const char *figure, size_t n, size_t chunksize) {
+/* One map on a fresh pool (the peers' shape), then `warm` more on the same
+ * pool, reported as <figure>.warm (the steady state of a long-lived pool). */
+static void map_run(bench_ctx_t *ctx, const char *figure, size_t n, size_t chunksize, int warm) {
   carom_pool_t *p = pool_new(0);
   int64_t *store;
   struct iovec *items = make_items(n, &store);
-  carom_job_t *j;
-  uint64_t t0 = bench_now_ns();
-  if (carom_pool_map(p, trivial, items, n, chunksize, &j) != 0) exit(1);
-  uint64_t t1 = bench_now_ns();
-  for (size_t i = 0; i < n; i++) check_item(j, i, (int64_t)i);
-  carom_job_release(j);
-  char params[96];
+  char params[96], warm_name[128];
   snprintf(params, sizeof params, "{\"items\": %zu, \"chunksize\": %zu, \"processes\": 2}", n, chunksize);
-  bench_report(ctx, figure, (double)n / ((double)(t1 - t0) / 1e9), "items/s", params);
+  snprintf(warm_name, sizeof warm_name, "%s.warm", figure);
+  double best = 0;
+  for (int r = 0; r <= warm; r++) {
+    carom_job_t *j;
+    uint64_t t0 = bench_now_ns();
+    if (carom_pool_map(p, trivial, items, n, chunksize, &j) != 0) exit(1);
+    uint64_t t1 = bench_now_ns();
+    for (size_t i = 0; i < n; i++) check_item(j, i, (int64_t)i);
+    carom_job_release(j);
+    double rate = (double)n / ((double)(t1 - t0) / 1e9);
+    if (r == 0) bench_report(ctx, figure, rate, "items/s", params);
+    else if (rate > best) best = rate;
+  }
+  if (warm) bench_report(ctx, warm_name, best, "items/s", params);
   carom_pool_free(p);
   free(items);
   free(store);
 }
 
 static void pool_map(bench_ctx_t *ctx) {
-  map_run(ctx, "pool.map.1M.default_chunks", bench_scale(ctx, 1000000), 0);
-  map_run(ctx, "pool.map.100k.chunksize1", bench_scale(ctx, 100000), 1);
+  map_run(ctx, "pool.map.1M.default_chunks", bench_scale(ctx, 1000000), 0, 4);
+  map_run(ctx, "pool.map.100k.chunksize1", bench_scale(ctx, 100000), 1, 0);
 }
 
 static void pool_apply_async(bench_ctx_t *ctx) {
