@@ -40,6 +40,10 @@ static void gather(char *dst, const struct iovec *a, size_t na, const struct iov
   while (i < cnt && off >= seg(a, na, b, i)->iov_len) off -= seg(a, na, b, i++)->iov_len;
   while (n > 0 && i < cnt) {
     const struct iovec *v = seg(a, na, b, i);
+    if (v->iov_len == 0) { /* empty parts (no pad, no items) may have a NULL base */
+      i++;
+      continue;
+    }
     size_t take = v->iov_len - off;
     if (take > n) take = n;
     memcpy(dst, (const char *)v->iov_base + off, take);
