@@ -1391,6 +1391,8 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   *out = NULL;
   if (!pool_mine(p)) return CAROM_EFORKED;
   if (opts && (opts->size == 0 || opts->size > sizeof(carom_submit_opts_t))) return -EINVAL;
+  for (size_t i = 0; i < n; i++) /* lengths travel as 32-bit fields */
+    if (items[i].iov_len > UINT32_MAX - 4096) return -EMSGSIZE;
   carom_submit_opts_t cb = {0};
   if (opts) memcpy(&cb, opts, opts->size);
   if (chunksize == 0 && kind != JOB_APPLY) {

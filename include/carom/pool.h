@@ -193,7 +193,8 @@ enum { CAROM_POOL_SIGINT_TERMINATE = 1, CAROM_POOL_SIGTERM_SHUTDOWN = 2 };
 CAROM_EXTERN int carom_pool_apply(carom_pool_t *pool, carom_task_fn fn, const void *arg,
                                   size_t len, void **result, size_t *result_len);
 /* Submit fn(arg) (arg is copied); *job receives a handle to release with
- * carom_job_release(). opts may be NULL. */
+ * carom_job_release(). opts may be NULL. An argument (or map item) over
+ * 4 GiB - 4 KiB fails with -EMSGSIZE; results have the same bound. */
 CAROM_EXTERN int carom_pool_apply_async(carom_pool_t *pool, carom_task_fn fn, const void *arg,
                                         size_t len, const carom_submit_opts_t *opts,
                                         carom_job_t **job);
