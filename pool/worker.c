@@ -264,6 +264,8 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
         code = fn(&ctx, item, lens[k]);
       }
       item += lens[k];
+      if (code >= 0 && ctx.len > UINT32_MAX - 4096) /* lengths travel as 32-bit fields */
+        code = carom_task_fail(&ctx, CAROM_EMSGSIZE, "result of %zu bytes is too large", ctx.len);
       const char *src = ctx.buf;
       size_t n = ctx.len;
       if (code > 0) code = 0;
