@@ -1245,6 +1245,9 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
       (o.channel_bytes & (o.channel_bytes - 1)))
     return -EINVAL;
   if (o.prefetch >= CANCEL_RING) return -EINVAL;
+  if (o.start_method && strcmp(o.start_method, "fork") != 0)
+    return !strcmp(o.start_method, "spawn") || !strcmp(o.start_method, "forkserver") ? -ENOTSUP
+                                                                                      : -EINVAL;
   if (o.prefetch == 0 && !(opts && opts->size >= offsetof(carom_pool_opts_t, prefetch) +
                                                      sizeof o.prefetch && opts->prefetch == 0))
     o.prefetch = 1;

@@ -8,6 +8,7 @@
  * (re-dispatched). A result is visible only once its last frame is published.
  */
 #include "pool/internal.h"
+#include "proc/internal.h"
 
 #include <signal.h>
 #include <stdarg.h>
@@ -156,20 +157,6 @@ static void send_up(chan_t *c, pool_shm_t *h, int evfd, const void *msg, size_t 
   }
 }
 
-static void reset_signals(bool catch_sigint) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = SIG_DFL;
-  for (int s = 1; s < NSIG; s++) {
-    if (s == SIGKILL || s == SIGSTOP) continue;
-    sigaction(s, &sa, NULL); /* fails harmlessly for the libc-reserved ones */
-  }
-  if (!catch_sigint) signal(SIGINT, SIG_IGN);
-  sigset_t all;
-  sigemptyset(&all);
-  sigprocmask(SIG_SETMASK, &all, NULL);
-}
-
 void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
   pool_shm_t *h = cfg->shm;
   slot_t *slot = pool_slot(cfg->shm, idx);
@@ -177,7 +164,7 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
   chan_t *up = pool_chan(cfg->shm, slot->up_off);
   const carom_pool_opts_t *o = cfg->opts;
 
-  reset_signals(o->catch_sigint);
+  carom__signals_reset(!o->catch_sigint); /* dispositions and mask, as proc/ children */
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigusr1;

@@ -134,6 +134,12 @@ typedef struct {
   void (*on_process_down)(const carom_worker_exit_t *exit, void *arg);
   void (*on_process_exit)(const carom_worker_exit_t *exit, void *arg);
   void *event_arg;
+  /* How workers are made. NULL or "fork" (the only one so far): every worker
+   * is forked from the pool's single-threaded template process, itself forked
+   * at creation; task and initializer functions are plain function pointers.
+   * "spawn" and "forkserver" (workers from a fresh exec of the program, with
+   * functions named as for Process targets) return -ENOTSUP for now. */
+  const char *start_method;
 } carom_pool_opts_t;
 
 /* Create a pool (opts may be NULL for defaults). Forks the template process

@@ -578,6 +578,14 @@ TEST(Pool, BadArguments) {
   o.processes = 1;
   o.channel_bytes = 1000;
   EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
+  o.channel_bytes = 0;
+  o.start_method = "spawn";
+  EXPECT_EQ(-ENOTSUP, carom_pool_create(&o, &p));
+  o.start_method = "vfork";
+  EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
+  o.start_method = "fork";
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  carom_pool_free(p);
   o.size = 0;
   EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
   carom_pool_free(nullptr);
