@@ -726,6 +726,9 @@ static const char *signame(int sig) {
 static void worker_gone(carom_pool_t *p, unsigned i) {
   wslot_t *w = &p->slots[i];
   slot_t *s = pool_slot(p->shm, i);
+  /* Died before it said READY: its start-up (initializer) failed, however it
+   * ended (a crashing initializer must not cause a respawn storm either). */
+  bool died_starting = w->state == W_STARTING;
   drain_up(p, i); /* results it published before dying are good */
   int st = w->status;
   carom_worker_exit_t ex = {.pid = w->pid, .job_id = 0};
@@ -814,7 +817,9 @@ static void worker_gone(carom_pool_t *p, unsigned i) {
   atomic_store(&s->pid, 0);
   w->state = W_DEAD;
   w->respawn_at = carom_now_ns();
-  if (ex.how == CAROM_WORKER_INIT_FAILED) {
+  if (ex.how == CAROM_WORKER_INIT_FAILED || (died_starting && ex.how != CAROM_WORKER_SHUTDOWN)) {
+    if (!s->errmsg[0])
+      snprintf(s->errmsg, sizeof s->errmsg, "died during start-up: %.200s", msg);
     p->init_failures++;
     uint64_t backoff = 100000000ull << (p->init_failures - 1 < 6 ? p->init_failures - 1 : 6);
     if (backoff > 5000000000ull) backoff = 5000000000ull;

@@ -377,6 +377,36 @@ TEST(Pool, FailingInitializerIsReportedNotRespawnedForever) {
   expect_no_children();
 }
 
+static int crashing_init(void *, char *, size_t) {
+  abort();  // SIGABRT: sanitizers turn SIGSEGV into an exit code, not abort
+  return 0;
+}
+
+// An initializer that crashes (not just fails) is backed off the same way.
+TEST(Pool, CrashingInitializerIsBackedOffToo) {
+  static std::atomic<int> downs{0};
+  downs = 0;
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = 1;
+  o.initializer = crashing_init;
+  o.on_process_down = [](const carom_worker_exit_t *, void *) { downs++; };
+  carom_pool_t *p;
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_apply_async(p, echo, "a", 1, nullptr, &j));
+  timespec ts;
+  const void *d;
+  size_t n;
+  EXPECT_EQ(CAROM_EINITIALIZER, carom_job_get(j, carom_deadline(10, &ts), &d, &n));
+  EXPECT_NE(nullptr, strstr((const char *)d, "died during start-up")) << (const char *)d;
+  EXPECT_NE(nullptr, strstr((const char *)d, "signal 6")) << (const char *)d;
+  carom_job_release(j);
+  EXPECT_LE(downs.load(), 5);
+  carom_pool_free(p);
+  expect_no_children();
+}
+
 TEST(Pool, CloseJoinTerminateSemantics) {
   carom_pool_t *p = make_pool(2);
   timespec ts;
