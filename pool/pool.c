@@ -190,6 +190,9 @@ struct carom_pool {
   size_t live_jobs; /* accepted from the submission list, not finished */
   _Atomic uint64_t next_id;
   _Atomic uint32_t cancel_epoch; /* bumped by cancel/terminate requests */
+  /* max_backlog: jobs submitted and not finished; submitters wait on
+   * backlog_seq (bumped when a job finishes or the pool stops accepting). */
+  _Atomic uint32_t backlog, backlog_seq, backlog_waiters;
   unsigned healthy; /* workers that reported READY since the last init failure */
   bool tpl_dead;
 };
@@ -334,8 +337,17 @@ static bool job_fail_range(carom_job_t *j, size_t first, size_t count, int code,
 
 /* ------------------------------------------------------------- callbacks */
 
+static void backlog_bump(carom_pool_t *p) {
+  atomic_fetch_add(&p->backlog_seq, 1);
+  if (atomic_load(&p->backlog_waiters)) carom__futex_wake(&p->backlog_seq, INT_MAX);
+}
+
 static void job_finish(carom_pool_t *p, carom_job_t *j) {
   p->live_jobs--;
+  if (p->opts.max_backlog) {
+    atomic_fetch_sub(&p->backlog, 1);
+    backlog_bump(p);
+  }
   if (j->timeout_set_called && p->opts.on_timeout_cancel)
     p->opts.on_timeout_cancel(j, p->opts.event_arg);
   if (j->first_error == 0) {
@@ -1371,15 +1383,40 @@ fail:
 
 /* --------------------------------------------------------- submission */
 
-static int submit(carom_pool_t *p, carom_job_t *j) {
-  pthread_mutex_lock(&p->mu);
-  if (p->state != POOL_RUN) {
+/* Take a place in the backlog (max_backlog): wait for one unless nowait, or
+ * on the supervisor thread (a callback that submits must never block it). */
+static int backlog_enter(carom_pool_t *p, bool nowait) {
+  unsigned max = p->opts.max_backlog;
+  bool on_sup = p->sup_started && pthread_equal(pthread_self(), p->sup);
+  for (;;) {
+    uint32_t seen = atomic_load(&p->backlog_seq);
+    uint32_t n = atomic_load(&p->backlog);
+    while (n < max)
+      if (atomic_compare_exchange_weak(&p->backlog, &n, n + 1)) return 0;
+    pthread_mutex_lock(&p->mu);
+    int st = p->state;
     pthread_mutex_unlock(&p->mu);
-    return CAROM_ECLOSED;
+    if (st != POOL_RUN) return CAROM_ECLOSED;
+    if (nowait || on_sup) return -EAGAIN;
+    atomic_fetch_add(&p->backlog_waiters, 1);
+    carom__futex_wait(&p->backlog_seq, seen, NULL);
+    atomic_fetch_sub(&p->backlog_waiters, 1);
   }
-  if (p->init_broken) {
-    int rc = CAROM_EINITIALIZER;
+}
+
+static int submit(carom_pool_t *p, carom_job_t *j, bool nowait) {
+  if (p->opts.max_backlog) {
+    int rc = backlog_enter(p, nowait);
+    if (rc) return rc;
+  }
+  pthread_mutex_lock(&p->mu);
+  int rc = p->state != POOL_RUN ? CAROM_ECLOSED : p->init_broken ? CAROM_EINITIALIZER : 0;
+  if (rc) {
     pthread_mutex_unlock(&p->mu);
+    if (p->opts.max_backlog) {
+      atomic_fetch_sub(&p->backlog, 1);
+      backlog_bump(p);
+    }
     return rc;
   }
   j->next_sub = NULL;
@@ -1421,7 +1458,7 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   }
   carom_job_t *j = job_new(p, kind, fn, items, n, chunksize, opts ? &cb : NULL, borrow);
   if (!j) return -ENOMEM;
-  int rc = submit(p, j);
+  int rc = submit(p, j, cb.nowait);
   if (rc) {
     atomic_store(&j->refs, 1);
     job_unref(j);
@@ -1637,6 +1674,7 @@ int carom_pool_close(carom_pool_t *p) {
   pthread_mutex_lock(&p->mu);
   if (p->state == POOL_RUN) p->state = POOL_CLOSE;
   pthread_mutex_unlock(&p->mu);
+  backlog_bump(p); /* submitters waiting for room now get CAROM_ECLOSED */
   sup_wake(p);
   return 0;
 }
@@ -1658,6 +1696,7 @@ int carom_pool_terminate(carom_pool_t *p) {
   pthread_mutex_lock(&p->mu);
   p->state = POOL_TERMINATE;
   pthread_mutex_unlock(&p->mu);
+  backlog_bump(p);
   sup_wake(p);
   return wait_supervisor(p, NULL);
 }
@@ -1674,6 +1713,7 @@ int carom_pool_shutdown(carom_pool_t *p, const struct timespec *grace, bool canc
     p->shutdown_cancel |= cancel_pending;
   }
   pthread_mutex_unlock(&p->mu);
+  backlog_bump(p);
   sup_wake(p);
   return wait_supervisor(p, NULL);
 }

@@ -140,6 +140,12 @@ typedef struct {
    * "spawn" and "forkserver" (workers from a fresh exec of the program, with
    * functions named as for Process targets) return -ENOTSUP for now. */
   const char *start_method;
+  /* Back-pressure (deadpool's max_backlog): at most this many jobs submitted
+   * and not yet finished (0: no bound). A submission beyond it waits for one
+   * to finish (or fails with -EAGAIN when carom_submit_opts_t.nowait is set,
+   * and always when made from a callback, which must not block the pool);
+   * CAROM_ECLOSED if the pool stops accepting meanwhile. */
+  unsigned max_backlog;
 } carom_pool_opts_t;
 
 /* Create a pool (opts may be NULL for defaults). Forks the template process
@@ -189,6 +195,8 @@ typedef struct {
   double timeout;
   /* Called on the supervisor thread when the hard limit kills this task. */
   void (*timeout_callback)(carom_job_t *job, double soft, double hard, void *arg);
+  /* With max_backlog: fail with -EAGAIN instead of waiting for room. */
+  bool nowait;
 } carom_submit_opts_t;
 
 enum { CAROM_POOL_SIGINT_TERMINATE = 1, CAROM_POOL_SIGTERM_SHUTDOWN = 2 };
