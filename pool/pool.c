@@ -96,6 +96,7 @@ struct carom_job {
   size_t ndone;
   int first_error;
   size_t *order; /* completion order (imap unordered) */
+  unsigned *attempts; /* per item: re-runs after lost workers (worker_lost_retries) */
   size_t norder, next_unordered, next_ordered;
   pid_t pids[MAX_JOB_PIDS];
   int npids;
@@ -213,6 +214,7 @@ static void job_unref(carom_job_t *j) {
   }
   pthread_mutex_destroy(&j->mu);
   free(j->order);
+  free(j->attempts);
   free(j);
 }
 
@@ -799,6 +801,26 @@ static void worker_gone(carom_pool_t *p, unsigned i) {
         snprintf(msg, sizeof msg, "%s", tmsg);
       } else if (code == -EINTR) {
         snprintf(msg, sizeof msg, "interrupted (SIGINT): worker pid %d killed", (int)w->pid);
+      }
+          /* P8: a task that took its worker down may run again (on_worker_lost =
+       * RETRY(n)), counted per item apart from the task's own errors; past
+       * n+1 attempts it fails as a poison task. */
+      size_t culprit = f.first + (ran - 1);
+      if (code == CAROM_EWORKERLOST && j->cb.worker_lost_retries) {
+        if (!j->attempts) j->attempts = calloc(j->n, sizeof *j->attempts);
+        if (j->attempts && j->attempts[culprit] < j->cb.worker_lost_retries) {
+          j->attempts[culprit]++;
+          carom__warn("pool: job %llu item %zu lost its worker; retry %u of %u",
+                      (unsigned long long)j->id, culprit, j->attempts[culprit],
+                      j->cb.worker_lost_retries);
+          job_redo(p, j, f.first, f.count); /* never started again: all of it re-runs */
+          continue;
+        }
+        if (j->attempts) {
+          size_t l = strlen(msg);
+          snprintf(msg + l, sizeof msg - l, " (attempt %u of %u)", j->attempts[culprit] + 1u,
+                   j->cb.worker_lost_retries + 1u);
+        }
       }
       bool fin = job_fail_range(j, f.first, ran, code, msg);
       if (ran < f.count) {

@@ -197,6 +197,12 @@ typedef struct {
   void (*timeout_callback)(carom_job_t *job, double soft, double hard, void *arg);
   /* With max_backlog: fail with -EAGAIN instead of waiting for room. */
   bool nowait;
+  /* on_worker_lost policy: 0 = FAIL (default); n = RETRY(n): an item whose
+   * worker died while running it runs again, up to n more times, before it
+   * fails with CAROM_EWORKERLOST ("attempt n+1 of n+1"). The other started
+   * items of its chunk run again too. Time limits and terminations are never
+   * retried. */
+  unsigned worker_lost_retries;
 } carom_submit_opts_t;
 
 enum { CAROM_POOL_SIGINT_TERMINATE = 1, CAROM_POOL_SIGTERM_SHUTDOWN = 2 };

@@ -831,3 +831,42 @@ TEST(Pool, MaxBacklogGivesBackPressure) {
   }
   carom_pool_free(p);
 }
+
+// P8: RETRY(2) for a task that always kills its worker: exactly 3 executions,
+// then EWORKERLOST saying so; the pool keeps serving meanwhile.
+static volatile int *g_runs = static_cast<volatile int *>(shared_alloc(4096));
+
+static int always_abort(carom_task_ctx_t *, const void *, size_t) {
+  __atomic_add_fetch(g_runs, 1, __ATOMIC_SEQ_CST);
+  abort();
+  return 0;
+}
+
+TEST(Pool, WorkerLostRetriesThenPoisonTask) {
+  *g_runs = 0;
+  carom_pool_t *p = make_pool(2);
+  carom_submit_opts_t so = {};
+  so.size = sizeof so;
+  so.worker_lost_retries = 2;
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_apply_async(p, always_abort, nullptr, 0, &so, &j));
+  int64_t x = 7;
+  void *res;
+  size_t len;
+  ASSERT_EQ(0, carom_pool_apply(p, square, &x, sizeof x, &res, &len));  // still serving
+  free(res);
+  timespec ts;
+  const void *d;
+  size_t n;
+  EXPECT_EQ(CAROM_EWORKERLOST, carom_job_get(j, carom_deadline(20, &ts), &d, &n));
+  EXPECT_NE(nullptr, strstr((const char *)d, "attempt 3 of 3")) << (const char *)d;
+  EXPECT_EQ(3, *g_runs);
+  carom_job_release(j);
+  // Default policy: fail at once.
+  *g_runs = 0;
+  ASSERT_EQ(0, carom_pool_apply_async(p, always_abort, nullptr, 0, nullptr, &j));
+  EXPECT_EQ(CAROM_EWORKERLOST, carom_job_wait(j, carom_deadline(20, &ts)));
+  EXPECT_EQ(1, *g_runs);
+  carom_job_release(j);
+  carom_pool_free(p);
+}
