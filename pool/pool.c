@@ -45,6 +45,7 @@ enum { JOB_APPLY = 0, JOB_MAP = 1, JOB_IMAP = 2 };
 enum { CODE_PENDING = 1 }; /* item not finished (codes are <= 0) */
 enum { SUP_SPIN = 4000 };
 enum { MAX_JOB_PIDS = 16 };
+#define SPAWN_TIMEOUT_NS (30 * 1000000000ull)
 
 /* ------------------------------------------------------------------ jobs */
 
@@ -152,6 +153,7 @@ typedef struct {
   /* respawn policy */
   uint64_t respawn_at;
   uint64_t dead_since;
+  uint64_t spawn_sent;  /* when the spawn request went to the template */
 } wslot_t;
 
 struct carom_pool {
@@ -728,6 +730,7 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   tpl_req_t q = {TPL_SPAWN, i, 0, 0};
   if (send(p->sock, &q, sizeof q, MSG_NOSIGNAL) != (ssize_t)sizeof q) return -errno;
   w->state = W_SPAWNING;
+  w->spawn_sent = carom_now_ns();
   return 0;
 }
 
@@ -1172,6 +1175,16 @@ static void *supervisor(void *arg) {
       }
       /* Exit seen through the pidfd but no status from the template: give it
        * 200 ms, then account for the worker without one. */
+      /* A template that does not answer a spawn request is wedged (e.g. on a
+       * lock inherited held from a thread of the creator): kill it, so the
+       * pool ends its jobs instead of waiting forever. */
+      if (w->state == W_SPAWNING && !p->tpl_dead && now > w->spawn_sent &&
+          now - w->spawn_sent > SPAWN_TIMEOUT_NS) {
+        carom_log(CAROM_LOG_ERROR, "pool: the template process did not start a worker in %d s; "
+                  "killing it", (int)(SPAWN_TIMEOUT_NS / 1000000000ull));
+        kill(p->tpl_pid, SIGKILL);
+        w->spawn_sent = now; /* once */
+      }
       uint64_t lost_ns = p->opts.lost_worker_timeout > 0
                              ? (uint64_t)(p->opts.lost_worker_timeout * 1e9) : 200000000ull;
       if (!down && w->dead_since && now - w->dead_since > lost_ns) worker_gone(p, i);

@@ -27,7 +27,28 @@
 
 enum { TPL_MAX_KIDS = 4096 };
 
-static void close_other_fds(const int *keep, int nkeep) {
+static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+/* Close every fd above 2 but those in keep. close_range() needs no memory:
+ * the template runs right after a fork from a process that may have threads,
+ * so it avoids malloc (opendir) when it can. */
+static void close_other_fds(const int *keep_in, int nkeep) {
+  int keep[8];
+  int nk = 0;
+  for (int i = 0; i < nkeep && nk < 8; i++)
+    if (keep_in[i] > 2) keep[nk++] = keep_in[i];
+  qsort(keep, (size_t)nk, sizeof keep[0], cmp_int);
+  unsigned lo = 3;
+  bool ok = true;
+  for (int i = 0; i <= nk && ok; i++) {
+    unsigned hi = i < nk ? (unsigned)keep[i] - 1 : ~0u;
+    if (i < nk && (unsigned)keep[i] < lo) continue; /* duplicate */
+    if (hi >= lo) ok = syscall(SYS_close_range, lo, hi, 0) == 0;
+    if (i < nk) lo = (unsigned)keep[i] + 1;
+  }
+  if (ok) return;
+  /* Old kernel: walk /proc/self/fd. */
+  const int *keepfds = keep_in;
   DIR *d = opendir("/proc/self/fd");
   if (!d) return;
   int dfd = dirfd(d);
@@ -37,7 +58,7 @@ static void close_other_fds(const int *keep, int nkeep) {
     int fd = atoi(e->d_name);
     if (e->d_name[0] == '.' || fd <= 2 || fd == dfd) continue;
     bool k = false;
-    for (int i = 0; i < nkeep; i++) k |= keep[i] == fd;
+    for (int i = 0; i < nkeep; i++) k |= keepfds[i] == fd;
     if (!k) fds[n++] = fd;
   }
   closedir(d);
