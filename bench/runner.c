@@ -189,6 +189,10 @@ int bench_run_capture(char *const argv[], double timeout_s, char *out, size_t n)
   posix_spawnattr_t at;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+  /* A peer's stderr is noise in the table (billiard logs every worker it
+   * stops); failures come back in its JSON. CAROM_BENCH_PEER_STDERR=1 keeps it. */
+  if (!getenv("CAROM_BENCH_PEER_STDERR"))
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
   posix_spawnattr_init(&at);
   /* Own process group, so a timeout kills the peer's children too. */
   posix_spawnattr_setpgroup(&at, 0);
