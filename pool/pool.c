@@ -174,7 +174,7 @@ struct carom_pool {
 
   pthread_mutex_t mu; /* guards the fields below */
   carom_job_t *sub_head, *sub_tail;
-  int state;
+  _Atomic int state; /* written under mu; the supervisor reads it without */
   _Atomic bool sub_flag; /* something in the submission list */
   _Atomic uint32_t sup_exited;
   char init_error[ERRMSG_MAX];
@@ -648,7 +648,6 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
   j->inflight--;
   const item_res_t *res = (const item_res_t *)(msg + sizeof h);
   const char *data = msg + sizeof h + count * sizeof(item_res_t);
-  (void)len;
   if (!block) {
     /* Zero-copy frame: copy the data part out of the ring. */
     size_t dlen = len - (size_t)(data - msg);
@@ -1134,13 +1133,19 @@ static void *supervisor(void *arg) {
       }
       pthread_mutex_unlock(&p->mu);
     }
-    pthread_mutex_lock(&p->mu);
-    if (p->shutting_down && p->state == POOL_CLOSE && now >= p->grace_ns)
-      p->state = POOL_TERMINATE; /* grace is over: kill what still runs */
-    int pstate = p->state;
-    bool cancel_queued = p->shutting_down && p->shutdown_cancel;
-    uint64_t grace = p->shutting_down ? p->grace_ns : UINT64_MAX;
-    pthread_mutex_unlock(&p->mu);
+    /* Running pools take no lock here: the loop spins while work flows. */
+    int pstate = atomic_load_explicit(&p->state, memory_order_acquire);
+    bool cancel_queued = false;
+    uint64_t grace = UINT64_MAX;
+    if (pstate != POOL_RUN) {
+      pthread_mutex_lock(&p->mu);
+      if (p->shutting_down && p->state == POOL_CLOSE && now >= p->grace_ns)
+        p->state = POOL_TERMINATE; /* grace is over: kill what still runs */
+      pstate = p->state;
+      cancel_queued = p->shutting_down && p->shutdown_cancel;
+      grace = p->shutting_down ? p->grace_ns : UINT64_MAX;
+      pthread_mutex_unlock(&p->mu);
+    }
     if (cancel_queued) {
       while (p->pend_head) {
         carom_job_t *j = p->pend_head;

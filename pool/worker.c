@@ -199,11 +199,9 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
   for (;;) {
     const frame_t *f = wait_frame(down);
     const char *msg;
-    size_t msg_len;
     bool zero_copy = (f->flags & (FR_FIRST | FR_LAST)) == (FR_FIRST | FR_LAST);
     if (zero_copy) {
       msg = (const char *)(f + 1);
-      msg_len = f->len;
     } else { /* reassemble a message that spans frames */
       in.len = 0;
       for (;;) {
@@ -217,11 +215,9 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
         f = wait_frame(down);
       }
       msg = in.p;
-      msg_len = in.len;
     }
     msg_t hdr;
     memcpy(&hdr, msg, sizeof hdr);
-    (void)msg_len;
     carom_task_fn fn = (carom_task_fn)(uintptr_t)hdr.fn;
     const uint32_t *lens = (const uint32_t *)(msg + sizeof hdr);
     const char *item = msg + sizeof hdr + (((size_t)hdr.count * 4 + 7) & ~(size_t)7);

@@ -22,12 +22,6 @@ using namespace carom_test;
 
 namespace {
 
-struct Deadline {
-  timespec ts;
-  const timespec *p;
-  explicit Deadline(double s) { p = carom_deadline(s * slow_factor(), &ts); }
-};
-
 const timespec *past() {
   static timespec ts;
   return carom_deadline(0, &ts);

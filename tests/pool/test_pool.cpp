@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "carom/pool.h"
+#include "pool_testutil.h"
 #include "testutil.h"
 
 using namespace carom_test;
@@ -234,7 +235,7 @@ TEST(Pool, KilledWorkerFailsItsTaskOnlyAndIsReplaced) {
     ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &j));
     queued.push_back(j);
   }
-  while (!carom_job_accepted(victim)) usleep(1000);
+  ASSERT_TRUE(wait_accepted(victim));
   pid_t pid;
   ASSERT_EQ(1, carom_job_pids(victim, &pid, 1));
   ASSERT_EQ(0, kill(pid, SIGKILL));
@@ -347,17 +348,24 @@ static int failing_init(void *, char *msg, size_t n) {
   return 1;
 }
 
-TEST(Pool, FailingInitializerIsReportedNotRespawnedForever) {
-  static std::atomic<int> downs{0};
-  downs = 0;
+static int crashing_init(void *, char *, size_t) {
+  abort();  // SIGABRT: sanitizers turn SIGSEGV into an exit code, not abort
+  return 0;
+}
+
+// A 1-worker pool whose initializer never succeeds: a task submitted at once
+// must fail with EINITIALIZER within 2 s (its message in *msg), later
+// submissions fail at once, and the workers that went down are counted.
+static void expect_initializer_failure(int (*init)(void *, char *, size_t), std::string *msg,
+                                       int *downs) {
+  static std::atomic<int> down_count{0};
+  down_count = 0;
   carom_pool_opts_t o = {};
   o.size = sizeof o;
   o.processes = 1;
-  o.initializer = failing_init;
+  o.initializer = init;
   o.init_retries = 3;
-  o.on_process_down = [](const carom_worker_exit_t *e, void *) {
-    if (e->how == CAROM_WORKER_INIT_FAILED) downs++;
-  };
+  o.on_process_down = [](const carom_worker_exit_t *, void *) { down_count++; };
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
   carom_job_t *j;
@@ -367,44 +375,31 @@ TEST(Pool, FailingInitializerIsReportedNotRespawnedForever) {
   size_t n;
   uint64_t t0 = carom_now_ns();
   EXPECT_EQ(CAROM_EINITIALIZER, carom_job_get(j, carom_deadline(10, &ts), &d, &n));
-  EXPECT_STREQ("no such database", (const char *)d);
+  *msg = (const char *)d;
   EXPECT_LT((carom_now_ns() - t0) / 1e9, 2.0 * slow_factor());
   carom_job_release(j);
   EXPECT_EQ(CAROM_EINITIALIZER, carom_pool_apply_async(p, echo, "a", 1, nullptr, &j));
-  // Backoff: 3 failures took >= 0.1 + 0.2 s; no storm.
-  EXPECT_LE(downs.load(), 5);
   carom_pool_free(p);
+  *downs = down_count.load();
   expect_no_children();
 }
 
-static int crashing_init(void *, char *, size_t) {
-  abort();  // SIGABRT: sanitizers turn SIGSEGV into an exit code, not abort
-  return 0;
+TEST(Pool, FailingInitializerIsReportedNotRespawnedForever) {
+  std::string msg;
+  int downs = 0;
+  expect_initializer_failure(failing_init, &msg, &downs);
+  EXPECT_EQ("no such database", msg);
+  EXPECT_LE(downs, 5);  // backoff: 3 failures took >= 0.1 + 0.2 s; no storm
 }
 
 // An initializer that crashes (not just fails) is backed off the same way.
 TEST(Pool, CrashingInitializerIsBackedOffToo) {
-  static std::atomic<int> downs{0};
-  downs = 0;
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 1;
-  o.initializer = crashing_init;
-  o.on_process_down = [](const carom_worker_exit_t *, void *) { downs++; };
-  carom_pool_t *p;
-  ASSERT_EQ(0, carom_pool_create(&o, &p));
-  carom_job_t *j;
-  ASSERT_EQ(0, carom_pool_apply_async(p, echo, "a", 1, nullptr, &j));
-  timespec ts;
-  const void *d;
-  size_t n;
-  EXPECT_EQ(CAROM_EINITIALIZER, carom_job_get(j, carom_deadline(10, &ts), &d, &n));
-  EXPECT_NE(nullptr, strstr((const char *)d, "died during start-up")) << (const char *)d;
-  EXPECT_NE(nullptr, strstr((const char *)d, "signal 6")) << (const char *)d;
-  carom_job_release(j);
-  EXPECT_LE(downs.load(), 5);
-  carom_pool_free(p);
-  expect_no_children();
+  std::string msg;
+  int downs = 0;
+  expect_initializer_failure(crashing_init, &msg, &downs);
+  EXPECT_NE(std::string::npos, msg.find("died during start-up")) << msg;
+  EXPECT_NE(std::string::npos, msg.find("signal 6")) << msg;
+  EXPECT_LE(downs, 5);
 }
 
 TEST(Pool, CloseJoinTerminateSemantics) {
@@ -437,7 +432,8 @@ TEST(Pool, CloseJoinTerminateSemantics) {
     int64_t a[2] = {3600 * 1000, i};
     ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &jobs[i]));
   }
-  while (!carom_job_accepted(jobs[0]) || !carom_job_accepted(jobs[1])) usleep(1000);
+  ASSERT_TRUE(wait_accepted(jobs[0]));
+  ASSERT_TRUE(wait_accepted(jobs[1]));
   uint64_t t0 = carom_now_ns();
   EXPECT_EQ(0, carom_pool_terminate(p));
   EXPECT_LT((carom_now_ns() - t0) / 1e9, 1.0 * slow_factor());
@@ -497,7 +493,7 @@ TEST(Pool, CancelQueuedJob) {
   carom_job_t *running, *queued[5];
   ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &running));
   for (auto &q : queued) ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &q));
-  while (!carom_job_accepted(running)) usleep(1000);
+  ASSERT_TRUE(wait_accepted(running));
   EXPECT_EQ(-EBUSY, carom_job_cancel(running));
   for (auto &q : queued) EXPECT_EQ(0, carom_job_cancel(q));
   for (auto &q : queued) {
@@ -514,7 +510,7 @@ TEST(Pool, TerminateOneJob) {
   int64_t a[2] = {3600 * 1000, 1};
   carom_job_t *j;
   ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, a, sizeof a, nullptr, &j));
-  while (!carom_job_accepted(j)) usleep(1000);
+  ASSERT_TRUE(wait_accepted(j));
   ASSERT_EQ(0, carom_job_terminate(j, SIGTERM));
   timespec ts;
   EXPECT_EQ(CAROM_ETERMINATED, carom_job_wait(j, carom_deadline(5, &ts)));
@@ -821,28 +817,33 @@ TEST(Pool, MaxBacklogGivesBackPressure) {
     EXPECT_EQ(0, carom_job_wait(j, nullptr));
     carom_job_release(j);
   }
-  // A submitter waiting for room is released by close().
+  // A submitter waiting for room is released by close() with CAROM_ECLOSED.
+  int64_t hour[2] = {3600 * 1000, 1};
   for (int i = 0; i < 3; i++)
-    ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, slow, sizeof slow, nullptr, &jobs[i]));
-  struct Arg { carom_pool_t *p; int rc; } arg = {p, 1};
+    ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, hour, sizeof hour, nullptr, &jobs[i]));
+  struct Arg { carom_pool_t *p; std::atomic<pid_t> tid; int rc; } arg;
+  arg.p = p;
+  arg.tid = 0;
+  arg.rc = 1;
   pthread_t t;
   pthread_create(&t, nullptr, [](void *a) -> void * {
     auto *x = static_cast<Arg *>(a);
-    int64_t hour[2] = {3600 * 1000, 1};
+    x->tid = (pid_t)syscall(SYS_gettid);
+    int64_t h[2] = {3600 * 1000, 1};
     carom_job_t *j = nullptr;
-    x->rc = carom_pool_apply_async(x->p, sleepy, hour, sizeof hour, nullptr, &j);
+    x->rc = carom_pool_apply_async(x->p, sleepy, h, sizeof h, nullptr, &j);
     carom_job_release(j);
     return nullptr;
   }, &arg);
-  usleep(20000);  // let it block (the outcome does not depend on this)
+  while (arg.tid == 0) sched_yield();
+  ASSERT_TRUE(wait_until_sleeping(arg.tid));  // asleep waiting for room
   EXPECT_EQ(0, carom_pool_close(p));
   pthread_join(t, nullptr);
-  // Either it got in before close (a job ran) or close released it.
-  EXPECT_TRUE(arg.rc == CAROM_ECLOSED || arg.rc == 0) << carom_err_name(arg.rc);
-  for (int i = 0; i < 3; i++) {
-    EXPECT_EQ(0, carom_job_wait(jobs[i], nullptr));
-    carom_job_release(jobs[i]);
-  }
+  EXPECT_EQ(CAROM_ECLOSED, arg.rc);
+  EXPECT_EQ(0, carom_pool_terminate(p));  // one worker: 1 running, 2 queued
+  EXPECT_EQ(CAROM_ETERMINATED, carom_job_wait(jobs[0], nullptr));
+  for (int i = 1; i < 3; i++) EXPECT_EQ(CAROM_ECANCELLED, carom_job_wait(jobs[i], nullptr));
+  for (int i = 0; i < 3; i++) carom_job_release(jobs[i]);
   carom_pool_free(p);
 }
 

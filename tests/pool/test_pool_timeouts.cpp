@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "carom/pool.h"
+#include "pool_testutil.h"
 #include "testutil.h"
 
 using namespace carom_test;
@@ -231,7 +232,7 @@ TEST_F(PoolTimeouts, TerminateJobByPid) {
   int64_t ms = 3600 * 1000;
   carom_job_t *j;
   ASSERT_EQ(0, carom_pool_apply_async(p, sleep_ms, &ms, sizeof ms, nullptr, &j));
-  while (!carom_job_accepted(j)) usleep(1000);
+  ASSERT_TRUE(wait_accepted(j));
   pid_t pid;
   ASSERT_EQ(1, carom_job_pids(j, &pid, 1));
   EXPECT_EQ(-ESRCH, carom_pool_terminate_job(p, 1, SIGTERM));
@@ -248,7 +249,7 @@ TEST_F(PoolTimeouts, ShutdownWithGraceIsBounded) {
   int64_t hour = 3600 * 1000;
   for (auto &j : jobs) ASSERT_EQ(0, carom_pool_apply_async(p, sleep_ms, &hour, sizeof hour, nullptr, &j));
   for (int i = 0; i < 4; i++)
-    while (!carom_job_accepted(jobs[i])) usleep(1000);
+    ASSERT_TRUE(wait_accepted(jobs[i]));
   pid_t pids[8];
   int nw = carom_pool_workers(p, pids, 8);
   ASSERT_EQ(4, nw);
@@ -331,7 +332,7 @@ TEST_F(PoolTimeouts, OwnerSigintInterruptsBlockingMap) {
     for (int i = 0; i < 8; i++) items[i] = {&hours[i], sizeof(int64_t)};
     carom_job_t *j;
     if (carom_pool_map_async(p, sleep_ms, items.data(), 8, 1, nullptr, &j) != 0) return 11;
-    while (!carom_job_accepted(j)) usleep(1000);
+    if (!wait_accepted(j)) return 20;
     pid_t pids[2];
     int n = carom_pool_workers(p, pids, 2);
     for (int i = 0; i < n; i++) g_shared->workers[i] = pids[i];
@@ -344,7 +345,7 @@ TEST_F(PoolTimeouts, OwnerSigintInterruptsBlockingMap) {
     if (rc != -EINTR) return 12;
     return took < 1.0 * slow_factor() ? 0 : 13;
   });
-  while (!g_shared->hook_ran) usleep(1000);
+  ASSERT_TRUE(wait_flag(&g_shared->hook_ran));
   ASSERT_EQ(0, kill(owner, SIGINT));
   EXPECT_EQ(0, reap_code(owner, 10));
   for (int i = 0; i < 2; i++)
@@ -371,7 +372,7 @@ TEST_F(PoolTimeouts, OwnerSigtermShutsDownWithGrace) {
     carom_job_t *run, *queued;
     if (carom_pool_apply_async(p, sleep_ms, &hour, sizeof hour, nullptr, &run) != 0) return 11;
     if (carom_pool_apply_async(p, sleep_ms, &hour, sizeof hour, nullptr, &queued) != 0) return 12;
-    while (!carom_job_accepted(run)) usleep(1000);
+    if (!wait_accepted(run)) return 20;
     g_shared->hook_ran = 1;
     uint64_t t0 = carom_now_ns();
     int a = carom_job_wait(run, nullptr), b = carom_job_wait(queued, nullptr);
@@ -383,7 +384,7 @@ TEST_F(PoolTimeouts, OwnerSigtermShutsDownWithGrace) {
     if (b != CAROM_ECANCELLED) return 14;
     return took >= 0.3 && took < 1.3 * slow_factor() ? 0 : 15;
   });
-  while (!g_shared->hook_ran) usleep(1000);
+  ASSERT_TRUE(wait_flag(&g_shared->hook_ran));
   ASSERT_EQ(0, kill(owner, SIGTERM));
   EXPECT_EQ(0, reap_code(owner, 10));
 }

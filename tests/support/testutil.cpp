@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <poll.h>
 #include <sys/syscall.h>
@@ -66,6 +67,27 @@ int reap_code(pid_t pid, double timeout_s) {
   if (WIFEXITED(st)) return WEXITSTATUS(st);
   if (WIFSIGNALED(st)) return 1000 + WTERMSIG(st);
   return -1;
+}
+
+bool wait_until_sleeping(pid_t id, double timeout_s) {
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  double end = now.tv_sec + now.tv_nsec / 1e9 + timeout_s * slow_factor();
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)id);
+  for (;;) {
+    if (FILE *f = fopen(path, "re")) {
+      char buf[512];
+      size_t n = fread(buf, 1, sizeof buf - 1, f);
+      fclose(f);
+      buf[n] = 0;
+      const char *rp = strrchr(buf, ')');
+      if (rp && rp[1] == ' ' && rp[2] == 'S') return true;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec + now.tv_nsec / 1e9 > end) return false;
+    usleep(200);
+  }
 }
 
 int count_fds() {
