@@ -821,6 +821,8 @@ TEST(Pool, MaxBacklogGivesBackPressure) {
   int64_t hour[2] = {3600 * 1000, 1};
   for (int i = 0; i < 3; i++)
     ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, hour, sizeof hour, nullptr, &jobs[i]));
+  // The worker must have started jobs[0] for terminate() to count it as running.
+  ASSERT_TRUE(wait_accepted(jobs[0]));
   struct Arg { carom_pool_t *p; std::atomic<pid_t> tid; int rc; } arg;
   arg.p = p;
   arg.tid = 0;
