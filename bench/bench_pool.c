@@ -24,13 +24,14 @@ static int trivial(carom_task_ctx_t *ctx, const void *arg, size_t len) {
  * bloated bench process would measure the bench, not the pool. */
 static void slim(void) { malloc_trim(0); }
 
-static carom_pool_t *pool_new(unsigned maxtasks) {
+static carom_pool_t *pool_new_method(unsigned maxtasks, const char *method) {
   slim();
   carom_pool_opts_t o;
   memset(&o, 0, sizeof o);
   o.size = sizeof o;
   o.processes = 2;
   o.maxtasksperchild = maxtasks;
+  o.start_method = method;
   carom_pool_t *p;
   if (carom_pool_create(&o, &p) != 0) {
     fprintf(stderr, "bench pool: create failed\n");
@@ -38,6 +39,8 @@ static carom_pool_t *pool_new(unsigned maxtasks) {
   }
   return p;
 }
+
+static carom_pool_t *pool_new(unsigned maxtasks) { return pool_new_method(maxtasks, NULL); }
 
 static struct iovec *make_items(size_t n, int64_t **store) {
   *store = malloc(n * sizeof **store);
@@ -210,9 +213,9 @@ static void pool_imap_unordered(bench_ctx_t *ctx) {
   free(store);
 }
 
-static void pool_maxtasks1(bench_ctx_t *ctx) {
-  size_t n = bench_scale(ctx, 2000);
-  carom_pool_t *p = pool_new(1);
+/* n tasks on a maxtasksperchild=1 pool: tasks/s. */
+static double recycle_rate(size_t n, const char *method) {
+  carom_pool_t *p = pool_new_method(1, method);
   carom_job_t **jobs = malloc(n * sizeof *jobs);
   uint64_t t0 = bench_now_ns();
   for (size_t i = 0; i < n; i++) {
@@ -226,6 +229,13 @@ static void pool_maxtasks1(bench_ctx_t *ctx) {
   uint64_t t1 = bench_now_ns();
   free(jobs);
   carom_pool_free(p);
+  return (double)n / ((double)(t1 - t0) / 1e9);
+}
+
+static void pool_maxtasks1(bench_ctx_t *ctx) {
+  size_t n = bench_scale(ctx, 2000);
+  double fork_rate = recycle_rate(n, NULL);
+  double fs_rate = recycle_rate(n, "forkserver");
   /* The floor: fork + _exit + waitpid, one at a time, same run. */
   slim();
   uint64_t t2 = bench_now_ns();
@@ -237,17 +247,19 @@ static void pool_maxtasks1(bench_ctx_t *ctx) {
   uint64_t t3 = bench_now_ns();
   char params[64];
   snprintf(params, sizeof params, "{\"tasks\": %zu, \"processes\": 2}", n);
-  bench_report(ctx, "pool.maxtasksperchild1", (double)n / ((double)(t1 - t0) / 1e9), "tasks/s", params);
+  bench_report(ctx, "pool.maxtasksperchild1", fork_rate, "tasks/s", params);
+  bench_report(ctx, "pool.maxtasksperchild1.forkserver", fs_rate, "tasks/s", params);
   bench_report(ctx, "raw.fork_exit_wait", (double)n / ((double)(t3 - t2) / 1e9), "forks/s", params);
   bench_ratio("pool.maxtasksperchild1 / raw fork+exit+wait (target >= 0.7)",
               "pool.maxtasksperchild1", "raw.fork_exit_wait");
+  bench_ratio("pool.maxtasksperchild1.forkserver / raw fork+exit+wait (target >= 0.7)",
+              "pool.maxtasksperchild1.forkserver", "raw.fork_exit_wait");
 }
 
-static void pool_start_stop(bench_ctx_t *ctx) {
-  int reps = ctx->quick ? 20 : 100;
+static double start_stop_ms(int reps, const char *method) {
   uint64_t t0 = bench_now_ns();
   for (int r = 0; r < reps; r++) {
-    carom_pool_t *p = pool_new(0);
+    carom_pool_t *p = pool_new_method(0, method);
     int64_t x = 1;
     void *res;
     size_t len;
@@ -258,8 +270,15 @@ static void pool_start_stop(bench_ctx_t *ctx) {
     carom_pool_free(p);
   }
   uint64_t t1 = bench_now_ns();
-  bench_report(ctx, "pool.start_task_shutdown", (double)(t1 - t0) / 1e6 / reps, "ms",
+  return (double)(t1 - t0) / 1e6 / reps;
+}
+
+static void pool_start_stop(bench_ctx_t *ctx) {
+  int reps = ctx->quick ? 20 : 100;
+  bench_report(ctx, "pool.start_task_shutdown", start_stop_ms(reps, NULL), "ms",
                "{\"processes\": 2}");
+  bench_report(ctx, "pool.start_task_shutdown.forkserver", start_stop_ms(reps, "forkserver"),
+               "ms", "{\"processes\": 2, \"start_method\": \"forkserver\"}");
 }
 
 CAROM_BENCH("pool", "pool.start_task_shutdown", pool_start_stop)

@@ -145,11 +145,46 @@ typedef struct {
 
 enum { TPL_SPAWN = 1, TPL_KILL = 2, TPL_SPAWNED = 3, TPL_EXITED = 4 };
 
+enum { POOL_METHOD_FORK = 0, POOL_METHOD_FORKSERVER = 1, POOL_METHOD_SPAWN = 2 };
+
 struct pool_worker_cfg {
   void *shm;
   int evfd;
   const carom_pool_opts_t *opts;
+  int method; /* POOL_METHOD_*: spawn execs each worker (carom__pool_exec_worker) */
+  int shmfd;  /* spawn: the region's memfd, kept open by the template; else -1 */
 };
+
+/* ---------------------------------------------- exec'd template (exec.c) */
+
+/* The template's loaded objects (name, load address), to translate function
+ * pointers of this process into the exec'd image's. */
+typedef struct pool_objtab pool_objtab_t;
+
+typedef struct {
+  int method;    /* POOL_METHOD_FORKSERVER or _SPAWN */
+  pid_t owner;
+  const carom_pool_opts_t *opts;
+  int shmfd;     /* memfd of the shared region */
+  size_t shm_size;
+  int evfd;      /* the supervisor's eventfd */
+  int tplsock;   /* the template's end of the request socket */
+} pool_exec_args_t;
+
+/* Start an exec'd template; on success *pid and *pidfd (pidfd may be -1 without
+ * kernel support) and its object table. On failure -errno and a message. */
+int carom__pool_exec_template(const pool_exec_args_t *a, pid_t *pid, int *pidfd,
+                              pool_objtab_t **tab, char *err, size_t errlen);
+/* A reference to fn valid in every exec'd image of the program (object index
+ * in load order, offset): 0, or -ENOENT when fn lies in no object the
+ * template has loaded (e.g. a library dlopen'ed later). */
+int carom__pool_fn_translate(const pool_objtab_t *t, const void *fn, uint64_t *out);
+/* Worker side of the above: the function in this image, or NULL. */
+carom_task_fn carom__pool_fn_resolve(uint64_t ref);
+void carom__pool_objtab_free(pool_objtab_t *t);
+/* spawn: in a fresh fork of the template, exec the program as worker `slot`. */
+__attribute__((noreturn)) void carom__pool_exec_worker(unsigned slot,
+                                                       const struct pool_worker_cfg *cfg);
 
 /* Template process main: never returns. */
 __attribute__((noreturn)) void carom__pool_template_main(int sock, pid_t owner,

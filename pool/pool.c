@@ -43,7 +43,11 @@
 enum { POOL_RUN = 0, POOL_CLOSE = 1, POOL_TERMINATE = 2 };
 enum { JOB_APPLY = 0, JOB_MAP = 1, JOB_IMAP = 2 };
 enum { CODE_PENDING = 1 }; /* item not finished (codes are <= 0) */
-enum { SUP_SPIN = 4000 };
+/* The supervisor spins at most this long after its last progress (a result
+ * or a submission may follow at once): a sleeping process costs ~25-55 us to
+ * wake here (FLOORS.md), so spinning much longer than a wake-up only takes the
+ * CPU from the processes doing the work (forks and exits, under recycling). */
+#define SUP_SPIN_NS 50000ull
 enum { MAX_JOB_PIDS = 16 };
 #define SPAWN_TIMEOUT_NS (30 * 1000000000ull)
 
@@ -73,6 +77,7 @@ struct carom_job {
   int kind;
   bool ordered;
   carom_task_fn fn;
+  uint64_t wfn;      /* fn in the workers' image (differs under forkserver/spawn) */
   size_t n, chunksize;
   char *in;          /* all items' bytes, contiguous (copied jobs) */
   uint64_t *in_off;  /* n + 1 offsets into in */
@@ -171,6 +176,13 @@ struct carom_pool {
   pthread_t sup;
   bool sup_started;
   struct pool_worker_cfg cfg;
+  int method;             /* POOL_METHOD_* */
+  pool_objtab_t *xtab;    /* forkserver/spawn: the template's objects */
+  void *initarg_copy;     /* initarg_len bytes, owned */
+  /* forkserver/spawn: recently translated task functions (under xmu) */
+  pthread_mutex_t xmu;
+  struct { carom_task_fn fn; uint64_t addr; } xcache[8];
+  unsigned xcache_next;
 
   pthread_mutex_t mu; /* guards the fields below */
   carom_job_t *sub_head, *sub_tail;
@@ -484,7 +496,7 @@ static unsigned slot_capacity(carom_pool_t *p, wslot_t *w) {
 
 static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first, size_t count) {
   wslot_t *w = &p->slots[i];
-  msg_t h = {.job_id = j->id, .fn = (uint64_t)(uintptr_t)j->fn, .first = first,
+  msg_t h = {.job_id = j->id, .fn = j->wfn, .first = first,
              .kind = MSG_TASK, .count = (uint32_t)count, .seq = w->seq};
   memcpy(w->hdr, &h, sizeof h);
   /* [header][item lengths][0-4 zero bytes to align][item bytes], gathered
@@ -1097,6 +1109,7 @@ static void *supervisor(void *arg) {
   uint64_t last_poll = 0;
   uint32_t seen_cancel = 0;
   unsigned idle = 0;
+  uint64_t last_progress = 0;
   for (;;) {
     bool progress = false;
     intake(p);
@@ -1213,8 +1226,9 @@ static void *supervisor(void *arg) {
     int timeout = 0;
     if (progress) {
       idle = 0;
+      last_progress = now;
       if (now - last_poll < 1000000) continue;
-    } else if (idle < SUP_SPIN) {
+    } else if (now - last_progress < SUP_SPIN_NS) {
       pool_spin_step(idle++);
       if (now - last_poll < 1000000) continue;
     } else {
@@ -1302,9 +1316,21 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
       (o.channel_bytes & (o.channel_bytes - 1)))
     return -EINVAL;
   if (o.prefetch >= CANCEL_RING) return -EINVAL;
-  if (o.start_method && strcmp(o.start_method, "fork") != 0)
-    return !strcmp(o.start_method, "spawn") || !strcmp(o.start_method, "forkserver") ? -ENOTSUP
-                                                                                      : -EINVAL;
+  int method = POOL_METHOD_FORK;
+  if (!o.start_method || !strcmp(o.start_method, "fork")) {
+    o.start_method = "fork";
+  } else if (!strcmp(o.start_method, "forkserver")) {
+    o.start_method = "forkserver";
+    method = POOL_METHOD_FORKSERVER;
+  } else if (!strcmp(o.start_method, "spawn")) {
+    o.start_method = "spawn";
+    method = POOL_METHOD_SPAWN;
+  } else {
+    return -EINVAL;
+  }
+  /* A pointer argument cannot cross exec: it must come as bytes. */
+  if (method != POOL_METHOD_FORK && o.initarg && !o.initarg_len) return -EINVAL;
+  if (o.initarg_len && !o.initarg) return -EINVAL;
   if (o.prefetch == 0 && !(opts && opts->size >= offsetof(carom_pool_opts_t, prefetch) +
                                                      sizeof o.prefetch && opts->prefetch == 0))
     o.prefetch = 1;
@@ -1312,6 +1338,17 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   carom_pool_t *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   p->opts = o;
+  p->method = method;
+  pthread_mutex_init(&p->xmu, NULL);
+  if (o.initarg_len) {
+    if (!(p->initarg_copy = malloc(o.initarg_len))) {
+      pthread_mutex_destroy(&p->xmu);
+      free(p);
+      return -ENOMEM;
+    }
+    memcpy(p->initarg_copy, o.initarg, o.initarg_len);
+    p->opts.initarg = p->initarg_copy;
+  }
   p->target = (unsigned)o.processes;
   p->nslots = p->target * (o.maxtasksperchild ? 2 : 1);
   p->owner = carom__self_pid();
@@ -1330,10 +1367,23 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   size_t base = sizeof(pool_shm_t) + p->nslots * sizeof(slot_t);
   base = (base + 4095) & ~(size_t)4095;
   p->shm_size = base + 2 * p->nslots * chan_sz;
-  p->shm = mmap(NULL, p->shm_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  /* Under fork the template inherits an anonymous mapping; an exec'd one
+   * maps the same memfd. */
+  int shmfd = -1;
+  if (method != POOL_METHOD_FORK) {
+    shmfd = memfd_create("carom-pool", MFD_CLOEXEC);
+    if (shmfd < 0 || ftruncate(shmfd, (off_t)p->shm_size) != 0) {
+      rc = -errno;
+      if (shmfd >= 0) close(shmfd);
+      goto fail;
+    }
+  }
+  p->shm = mmap(NULL, p->shm_size, PROT_READ | PROT_WRITE,
+                MAP_SHARED | (shmfd < 0 ? MAP_ANONYMOUS : 0), shmfd, 0);
   if (p->shm == MAP_FAILED) {
     p->shm = NULL;
     rc = -errno;
+    if (shmfd >= 0) close(shmfd);
     goto fail;
   }
   pool_shm_t *h = p->shm;
@@ -1350,35 +1400,52 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   p->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (p->evfd < 0) {
     rc = -errno;
+    if (shmfd >= 0) close(shmfd);
     goto fail;
   }
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
     rc = -errno;
+    if (shmfd >= 0) close(shmfd);
     goto fail;
   }
-  int nthreads = count_threads();
-  if (nthreads > 1)
-    carom__warn("pool: created from a process with %d threads; the template process is "
-                "forked now, before any pool thread, and every worker comes from it",
-                nthreads);
-  p->cfg = (struct pool_worker_cfg){p->shm, p->evfd, &p->opts};
-  pid_t owner = p->owner;
-  pid_t tpl = fork();
-  if (tpl < 0) {
-    rc = -errno;
-    close(sv[0]);
+  if (method != POOL_METHOD_FORK) {
+    pool_exec_args_t xa = {method, p->owner, &p->opts, shmfd, p->shm_size, p->evfd, sv[1]};
+    char err[ERRMSG_MAX];
+    rc = carom__pool_exec_template(&xa, &p->tpl_pid, &p->tpl_pidfd, &p->xtab, err, sizeof err);
+    close(shmfd);
     close(sv[1]);
-    goto fail;
+    if (rc) {
+      carom_log(CAROM_LOG_ERROR, "pool: %s", err);
+      close(sv[0]);
+      goto fail;
+    }
+    p->sock = sv[0];
+  } else {
+    int nthreads = count_threads();
+    if (nthreads > 1)
+      carom__warn("pool: created from a process with %d threads; the template process is "
+                  "forked now, before any pool thread, and every worker comes from it "
+                  "(start_method \"forkserver\" forks nothing from this process)",
+                  nthreads);
+    p->cfg = (struct pool_worker_cfg){p->shm, p->evfd, &p->opts, POOL_METHOD_FORK, -1};
+    pid_t owner = p->owner;
+    pid_t tpl = fork();
+    if (tpl < 0) {
+      rc = -errno;
+      close(sv[0]);
+      close(sv[1]);
+      goto fail;
+    }
+    if (tpl == 0) {
+      close(sv[0]);
+      carom__pool_template_main(sv[1], owner, &p->cfg);
+    }
+    close(sv[1]);
+    p->sock = sv[0];
+    p->tpl_pid = tpl;
+    p->tpl_pidfd = (int)syscall(SYS_pidfd_open, tpl, 0);
   }
-  if (tpl == 0) {
-    close(sv[0]);
-    carom__pool_template_main(sv[1], owner, &p->cfg);
-  }
-  close(sv[1]);
-  p->sock = sv[0];
-  p->tpl_pid = tpl;
-  p->tpl_pidfd = (int)syscall(SYS_pidfd_open, tpl, 0);
 
   p->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (p->epfd < 0) {
@@ -1469,6 +1536,35 @@ static int submit(carom_pool_t *p, carom_job_t *j, bool nowait) {
   return 0;
 }
 
+/* fn's address in the workers' image: itself under fork; under forkserver and
+ * spawn, translated through the template's object table (cached: lookups walk
+ * the loaded objects). */
+static int fn_in_workers(carom_pool_t *p, carom_task_fn fn, uint64_t *out) {
+  if (!p->xtab) {
+    *out = (uint64_t)(uintptr_t)fn;
+    return 0;
+  }
+  pthread_mutex_lock(&p->xmu);
+  for (unsigned i = 0; i < 8; i++) {
+    if (p->xcache[i].fn == fn) {
+      *out = p->xcache[i].addr;
+      pthread_mutex_unlock(&p->xmu);
+      return 0;
+    }
+  }
+  int rc = carom__pool_fn_translate(p->xtab, (const void *)(uintptr_t)fn, out);
+  if (rc == 0) {
+    p->xcache[p->xcache_next].fn = fn;
+    p->xcache[p->xcache_next].addr = *out;
+    p->xcache_next = (p->xcache_next + 1) % 8;
+  } else {
+    carom__warn("pool: task function %p is in no object the %s workers have loaded",
+                (void *)(uintptr_t)fn, p->opts.start_method);
+  }
+  pthread_mutex_unlock(&p->xmu);
+  return rc;
+}
+
 static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct iovec *items,
                       size_t n, size_t chunksize, const carom_submit_opts_t *opts, bool borrow,
                       carom_job_t **out) {
@@ -1496,8 +1592,12 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
     if (chunksize > cap) chunksize = cap;
     if (chunksize == 0) chunksize = 1;
   }
+  uint64_t wfn;
+  int trc = fn_in_workers(p, fn, &wfn);
+  if (trc) return trc;
   carom_job_t *j = job_new(p, kind, fn, items, n, chunksize, opts ? &cb : NULL, borrow);
   if (!j) return -ENOMEM;
+  j->wfn = wfn;
   int rc = submit(p, j, cb.nowait);
   if (rc) {
     atomic_store(&j->refs, 1);
@@ -1846,6 +1946,9 @@ void carom_pool_free(carom_pool_t *p) {
   }
   free(p->slots);
   if (p->shm) munmap(p->shm, p->shm_size);
+  carom__pool_objtab_free(p->xtab);
+  free(p->initarg_copy);
+  pthread_mutex_destroy(&p->xmu);
   pthread_mutex_destroy(&p->mu);
   free(p);
 }

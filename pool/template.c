@@ -11,6 +11,7 @@
  * kills the worker's process group, so nothing the worker started outlives it.
  */
 #include "pool/internal.h"
+#include "proc/internal.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -132,7 +133,9 @@ void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_c
   prctl(PR_SET_NAME, "carom-template");
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   setpgid(0, 0);
-  signal(SIGINT, SIG_IGN);
+  /* Every disposition back to default once, here, so that a worker only
+   * undoes the three changes below (carom__pool_worker_main). */
+  carom__signals_reset(true);
   signal(SIGPIPE, SIG_IGN);
   int ownerfd = (int)syscall(SYS_pidfd_open, owner, 0);
   if (ownerfd < 0) {
@@ -145,8 +148,8 @@ void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_c
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, NULL);
   int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  int keep[] = {sock, ownerfd, sfd, cfg->evfd};
-  close_other_fds(keep, 4);
+  int keep[] = {sock, ownerfd, sfd, cfg->evfd, cfg->shmfd};
+  close_other_fds(keep, 5);
 
   bool stopping = false;
   const pid_t self = getpid();
@@ -182,6 +185,7 @@ void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_c
           close(sfd);
           prctl(PR_SET_PDEATHSIG, SIGKILL);
           if (getppid() != self) _exit(EX_SETUP);
+          if (cfg->method == POOL_METHOD_SPAWN) carom__pool_exec_worker(q.slot, cfg);
           carom__pool_worker_main(q.slot, cfg);
         }
         if (pid < 0) {

@@ -100,6 +100,7 @@ void carom__pool_wake_supervisor(pool_shm_t *h, int evfd) {
 }
 
 enum { WORKER_SPIN = 4000 };
+#define WORKER_SPIN_NS 50000ull
 
 /* After consuming from the down chan: the supervisor may wait to write more. */
 static void space_freed(chan_t *c, pool_shm_t *h, int evfd) {
@@ -112,9 +113,16 @@ static void space_freed(chan_t *c, pool_shm_t *h, int evfd) {
 /* Next frame of the down chan, sleeping when none comes for a while. */
 static const frame_t *wait_frame(chan_t *c) {
   for (;;) {
-    for (unsigned i = 0; i < WORKER_SPIN; i++) {
+    /* Spin about as long as a wake-up would cost (FLOORS.md), then sleep. */
+    uint64_t until = 0;
+    for (unsigned i = 0;; i++) {
       const frame_t *f = chan_peek(c);
       if (f) return f;
+      if ((i & 63) == 0) {
+        uint64_t now = carom_now_ns();
+        if (!until) until = now + WORKER_SPIN_NS;
+        else if (now >= until) break;
+      }
       pool_spin_step(i);
     }
     atomic_store_explicit(&c->cons_wait, 1, memory_order_relaxed);
@@ -164,9 +172,17 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
   chan_t *up = pool_chan(cfg->shm, slot->up_off);
   const carom_pool_opts_t *o = cfg->opts;
 
-  carom__signals_reset(!o->catch_sigint); /* dispositions and mask, as proc/ children */
+  /* The template reset every disposition to default but SIGINT and SIGPIPE
+   * (ignored) and blocks SIGCHLD: undo those three, as proc/ children get. */
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
+  sa.sa_handler = o->catch_sigint ? SIG_DFL : SIG_IGN;
+  sigaction(SIGINT, &sa, NULL);
+  sa.sa_handler = SIG_DFL;
+  sigaction(SIGPIPE, &sa, NULL);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
   sa.sa_handler = on_sigusr1;
   sigaction(SIGUSR1, &sa, NULL); /* no SA_RESTART: a soft limit interrupts blocking calls */
   /* Orphans of what tasks start are re-parented here, not to init, so they
@@ -196,6 +212,8 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
   soft_ctx = &ctx;
   gbuf_t in = {0}, out = {0};
   unsigned done_msgs = 0;
+  uint64_t last_ref = 0;
+  carom_task_fn last_fn = NULL;
   for (;;) {
     const frame_t *f = wait_frame(down);
     const char *msg;
@@ -218,7 +236,16 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     }
     msg_t hdr;
     memcpy(&hdr, msg, sizeof hdr);
-    carom_task_fn fn = (carom_task_fn)(uintptr_t)hdr.fn;
+    carom_task_fn fn;
+    if (cfg->method == POOL_METHOD_FORK) {
+      fn = (carom_task_fn)(uintptr_t)hdr.fn;
+    } else { /* exec'd image: the function travels as (object, offset) */
+      if (hdr.fn != last_ref) {
+        last_fn = carom__pool_fn_resolve(hdr.fn);
+        last_ref = hdr.fn;
+      }
+      fn = last_fn;
+    }
     const uint32_t *lens = (const uint32_t *)(msg + sizeof hdr);
     const char *item = msg + sizeof hdr + (((size_t)hdr.count * 4 + 7) & ~(size_t)7);
 
@@ -243,6 +270,8 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
       int code;
       if (skip) {
         code = carom_task_fail(&ctx, CAROM_ECANCELLED, "cancelled");
+      } else if (!fn) {
+        code = carom_task_fail(&ctx, -ENOENT, "task function not found in the worker's image");
       } else {
         code = fn(&ctx, item, lens[k]);
       }

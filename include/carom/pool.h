@@ -134,11 +134,22 @@ typedef struct {
   void (*on_process_down)(const carom_worker_exit_t *exit, void *arg);
   void (*on_process_exit)(const carom_worker_exit_t *exit, void *arg);
   void *event_arg;
-  /* How workers are made. NULL or "fork" (the only one so far): every worker
-   * is forked from the pool's single-threaded template process, itself forked
-   * at creation; task and initializer functions are plain function pointers.
-   * "spawn" and "forkserver" (workers from a fresh exec of the program, with
-   * functions named as for Process targets) return -ENOTSUP for now. */
+  /* How workers are made (Python's start methods):
+   * NULL or "fork": every worker is forked from the pool's single-threaded
+   *   template process, itself forked from the creator at creation: workers
+   *   see the creator's memory as it was then; worker forks cost what forking
+   *   the creator costs (it grows with the creator's mapped memory).
+   * "forkserver": the template is a fresh exec of the program (/proc/self/exe,
+   *   taken over by libcarom's constructor before main() runs) and forks every
+   *   worker: workers see the program's static state only, never the
+   *   creator's; worker forks are cheap whatever the creator's size, and
+   *   nothing is forked from a process with threads. Costs ~1 exec at create.
+   * "spawn": as forkserver, and every worker is a fresh exec of its own.
+   * Under forkserver and spawn, task and initializer functions must live in
+   * the program or a library loaded at its start (they travel as object +
+   * offset; a function elsewhere, e.g. in a library dlopen()ed later, fails
+   * the submission with -ENOENT), and the initializer's argument must be
+   * bytes (initarg_len). Other names: -EINVAL. */
   const char *start_method;
   /* Back-pressure (deadpool's max_backlog): at most this many jobs submitted
    * and not yet finished (0: no bound). A submission beyond it waits for one
@@ -146,6 +157,10 @@ typedef struct {
    * and always when made from a callback, which must not block the pool);
    * CAROM_ECLOSED if the pool stops accepting meanwhile. */
   unsigned max_backlog;
+  /* When nonzero, initarg points to initarg_len bytes, copied at creation and
+   * handed to every worker's initializer (required for a non-NULL initarg
+   * under forkserver and spawn, where pointers do not cross exec). */
+  size_t initarg_len;
 } carom_pool_opts_t;
 
 /* Create a pool (opts may be NULL for defaults). Forks the template process

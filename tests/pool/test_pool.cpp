@@ -605,8 +605,6 @@ TEST(Pool, BadArguments) {
   o.channel_bytes = 1000;
   EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
   o.channel_bytes = 0;
-  o.start_method = "spawn";
-  EXPECT_EQ(-ENOTSUP, carom_pool_create(&o, &p));
   o.start_method = "vfork";
   EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
   o.start_method = "fork";
