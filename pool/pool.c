@@ -101,9 +101,14 @@ struct carom_job {
   res_block_t *blocks;
   size_t ndone;
   int first_error;
-  size_t *order; /* completion order (imap unordered) */
+  size_t *order; /* completion order (imap unordered); entries below norder_pub are final */
   unsigned *attempts; /* per item: re-runs after lost workers (worker_lost_retries) */
-  size_t norder, next_unordered, next_ordered;
+  size_t norder;
+  /* Readers take items without the mutex: an item is final once its code is
+   * not CODE_PENDING (stored with release after its data and length), and
+   * order[] entries below norder_pub (release) are final. Consumers claim
+   * the next item by CAS. */
+  _Atomic size_t norder_pub, next_unordered, next_ordered;
   pid_t pids[MAX_JOB_PIDS];
   int npids;
   _Atomic bool accepted;
@@ -320,13 +325,16 @@ static bool job_store(carom_job_t *j, size_t first, size_t count, const item_res
       d += res[k].len;
       continue;
     }
-    j->items[i] = (item_t){res[k].code, res[k].len, d};
+    j->items[i].len = res[k].len;
+    j->items[i].data = d;
+    __atomic_store_n(&j->items[i].code, res[k].code, __ATOMIC_RELEASE);
     d += res[k].len;
     if (res[k].code < 0 && j->first_error == 0) j->first_error = res[k].code;
     if (j->order) j->order[j->norder++] = i;
     j->ndone++;
   }
   bool fin = j->ndone == j->n;
+  if (j->order) atomic_store_explicit(&j->norder_pub, j->norder, memory_order_release);
   pthread_mutex_unlock(&j->mu);
   atomic_fetch_add_explicit(&j->progress, 1, memory_order_seq_cst);
   if (fin) atomic_store_explicit(&j->done, 1, memory_order_seq_cst);
@@ -1725,46 +1733,47 @@ size_t carom_job_count(carom_job_t *j) { return j->n; }
 
 uint64_t carom_job_id(carom_job_t *j) { return j->id; }
 
+/* Item i if it has ended (see norder_pub): its code, data and length. */
+static int item_read(carom_job_t *j, size_t i, const void **data, size_t *len) {
+  int32_t code = __atomic_load_n(&j->items[i].code, __ATOMIC_ACQUIRE);
+  if (code == CODE_PENDING) return CAROM_ENOTREADY;
+  if (data) *data = j->items[i].data;
+  if (len) *len = j->items[i].len;
+  return code;
+}
+
 int carom_job_item(carom_job_t *j, size_t i, const void **data, size_t *len) {
   if (i >= j->n) return -EINVAL;
-  pthread_mutex_lock(&j->mu);
-  item_t it = j->items[i];
-  pthread_mutex_unlock(&j->mu);
-  if (it.code == CODE_PENDING) return CAROM_ENOTREADY;
-  if (data) *data = it.data;
-  if (len) *len = it.len;
-  return it.code;
+  return item_read(j, i, data, len);
 }
 
 int carom_job_next(carom_job_t *j, const struct timespec *deadline, size_t *index,
                    const void **data, size_t *len) {
+  bool by_index = j->ordered || !j->order;
   for (;;) {
     uint32_t seen = atomic_load(&j->progress);
-    pthread_mutex_lock(&j->mu);
-    ssize_t pick = -1;
-    if (j->ordered || !j->order) {
-      if (j->next_ordered < j->n && j->items[j->next_ordered].code != CODE_PENDING)
-        pick = (ssize_t)j->next_ordered++;
-      else if (j->next_ordered >= j->n) {
-        pthread_mutex_unlock(&j->mu);
-        return CAROM_EEOF;
+    if (by_index) {
+      size_t k = atomic_load_explicit(&j->next_ordered, memory_order_relaxed);
+      while (k < j->n && __atomic_load_n(&j->items[k].code, __ATOMIC_ACQUIRE) != CODE_PENDING) {
+        if (atomic_compare_exchange_weak_explicit(&j->next_ordered, &k, k + 1,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+          if (index) *index = k;
+          return item_read(j, k, data, len);
+        }
       }
+      if (k >= j->n) return CAROM_EEOF;
     } else {
-      if (j->next_unordered < j->norder) pick = (ssize_t)j->order[j->next_unordered++];
-      else if (j->next_unordered >= j->n) {
-        pthread_mutex_unlock(&j->mu);
-        return CAROM_EEOF;
+      size_t k = atomic_load_explicit(&j->next_unordered, memory_order_relaxed);
+      while (k < atomic_load_explicit(&j->norder_pub, memory_order_acquire)) {
+        if (atomic_compare_exchange_weak_explicit(&j->next_unordered, &k, k + 1,
+                                                  memory_order_acquire, memory_order_relaxed)) {
+          size_t pick = j->order[k];
+          if (index) *index = pick;
+          return item_read(j, pick, data, len);
+        }
       }
+      if (k >= j->n) return CAROM_EEOF;
     }
-    if (pick >= 0) {
-      item_t it = j->items[pick];
-      pthread_mutex_unlock(&j->mu);
-      if (index) *index = (size_t)pick;
-      if (data) *data = it.data;
-      if (len) *len = it.len;
-      return it.code;
-    }
-    pthread_mutex_unlock(&j->mu);
     if (job_sleep(j, seen, deadline) == -ETIMEDOUT && atomic_load(&j->progress) == seen)
       return -ETIMEDOUT;
   }
