@@ -124,8 +124,9 @@ static int cube(carom_task_ctx_t *ctx, const void *arg, size_t len) {
   return carom_task_return(ctx, &x, sizeof x);
 }
 
-static void tour_pool(void) {
-  carom_pool_opts_t o = {.size = sizeof o, .processes = 2, .timeout = 5.0};
+static void tour_pool(const char *start_method) {
+  carom_pool_opts_t o = {.size = sizeof o, .processes = 2, .timeout = 5.0,
+                         .start_method = start_method};
   carom_pool_t *pool;
   CHECK(carom_pool_create(&o, &pool));
   int64_t xs[100];
@@ -144,8 +145,8 @@ static void tour_pool(void) {
   }
   carom_job_release(job);
   int rc = carom_pool_apply(pool, cube, "x", 1, NULL, NULL);
-  printf("pool: sum of cubes %lld (expected 24502500); bad argument -> %s\n", (long long)sum,
-         carom_err_name(rc));
+  printf("pool (%s): sum of cubes %lld (expected 24502500); bad argument -> %s\n",
+         start_method, (long long)sum, carom_err_name(rc));
   if (sum != 24502500 || rc != -EINVAL) exit(1);
   CHECK(carom_pool_close(pool));
   CHECK(carom_pool_join(pool, NULL));
@@ -158,7 +159,8 @@ int main(void) {
   tour_queue();
   tour_pipe();
   tour_process();
-  tour_pool();
+  tour_pool("fork");
+  tour_pool("forkserver"); /* workers from a fresh exec of this program */
   printf("tour: all good\n");
   return 0;
 }
