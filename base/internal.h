@@ -101,4 +101,30 @@ static inline void carom__cpu_relax(void) {
 #endif
 }
 
+/* ---- private wire formats (base/wire.c) ---- */
+typedef struct {
+  unsigned char *p;
+  size_t len, cap;
+  bool oom; /* an allocation failed: later puts do nothing */
+} carom__wbuf_t;
+
+typedef struct {
+  unsigned char *p;
+  size_t len, at;
+  bool bad; /* a get went past the end */
+} carom__rbuf_t;
+
+void carom__wput(carom__wbuf_t *w, const void *d, size_t n);
+void carom__wput_u32(carom__wbuf_t *w, uint32_t v);
+void carom__wput_u64(carom__wbuf_t *w, uint64_t v);
+/* u32 length, the bytes, a NUL. */
+void carom__wput_bytes(carom__wbuf_t *w, const void *d, size_t n);
+void carom__wput_str(carom__wbuf_t *w, const char *s); /* NULL as "" */
+const void *carom__rget(carom__rbuf_t *r, size_t n);
+uint32_t carom__rget_u32(carom__rbuf_t *r);
+uint64_t carom__rget_u64(carom__rbuf_t *r);
+/* Bytes written by carom__wput_bytes, in place (NUL-terminated); *n = length. */
+const unsigned char *carom__rget_bytes(carom__rbuf_t *r, size_t *n);
+char *carom__rget_str(carom__rbuf_t *r);
+
 #endif /* CAROM_BASE_INTERNAL_H */

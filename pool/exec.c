@@ -50,71 +50,6 @@ typedef struct {
   uint32_t len; /* configuration bytes that follow */
 } xhdr_t;
 
-/* -------------------------------------------------------- byte buffers */
-
-typedef struct {
-  unsigned char *p;
-  size_t len, cap;
-  bool oom;
-} xbuf_t;
-
-static void xput(xbuf_t *b, const void *d, size_t n) {
-  if (b->oom) return;
-  if (b->len + n > b->cap) {
-    size_t c = b->cap ? b->cap : 256;
-    while (c < b->len + n) c *= 2;
-    unsigned char *q = realloc(b->p, c);
-    if (!q) {
-      b->oom = true;
-      return;
-    }
-    b->p = q;
-    b->cap = c;
-  }
-  if (n) memcpy(b->p + b->len, d, n);
-  b->len += n;
-}
-static void xput_u32(xbuf_t *b, uint32_t v) { xput(b, &v, 4); }
-static void xput_u64(xbuf_t *b, uint64_t v) { xput(b, &v, 8); }
-static void xput_bytes(xbuf_t *b, const void *d, size_t n) {
-  xput_u32(b, (uint32_t)n);
-  xput(b, d, n);
-}
-
-typedef struct {
-  const unsigned char *p;
-  size_t len, off;
-  bool bad;
-} xrd_t;
-
-static const void *xget(xrd_t *r, size_t n) {
-  if (r->bad || r->len - r->off < n) {
-    r->bad = true;
-    return NULL;
-  }
-  const void *d = r->p + r->off;
-  r->off += n;
-  return d;
-}
-static uint32_t xget_u32(xrd_t *r) {
-  uint32_t v = 0;
-  const void *d = xget(r, 4);
-  if (d) memcpy(&v, d, 4);
-  return v;
-}
-static uint64_t xget_u64(xrd_t *r) {
-  uint64_t v = 0;
-  const void *d = xget(r, 8);
-  if (d) memcpy(&v, d, 8);
-  return v;
-}
-static const unsigned char *xget_bytes(xrd_t *r, size_t *n) {
-  uint32_t l = xget_u32(r);
-  const unsigned char *d = xget(r, l);
-  if (n) *n = d ? l : 0;
-  return d;
-}
-
 /* ------------------------------------------------------- configuration */
 
 /* Everything a template or worker image needs besides the three fds. */
@@ -131,32 +66,31 @@ typedef struct {
   size_t initarg_len;
 } xcfg_t;
 
-static void xcfg_encode(xbuf_t *b, const xcfg_t *c) {
-  xput_u32(b, (uint32_t)c->owner);
-  xput_u32(b, c->method);
-  xput_u64(b, c->shm_size);
-  xput_u32(b, c->maxtasksperchild);
-  xput_u32(b, c->catch_sigint);
-  xput_u32(b, c->has_init);
-  xput_u64(b, c->init_offset);
+static void xcfg_encode(carom__wbuf_t *b, const xcfg_t *c) {
+  carom__wput_u32(b, (uint32_t)c->owner);
+  carom__wput_u32(b, c->method);
+  carom__wput_u64(b, c->shm_size);
+  carom__wput_u32(b, c->maxtasksperchild);
+  carom__wput_u32(b, c->catch_sigint);
+  carom__wput_u32(b, c->has_init);
+  carom__wput_u64(b, c->init_offset);
   const char *o = c->init_object ? c->init_object : "";
-  xput_bytes(b, o, strlen(o) + 1);
-  xput_bytes(b, c->initarg, c->initarg_len);
+  carom__wput_str(b, o);
+  carom__wput_bytes(b, c->initarg, c->initarg_len);
 }
 
 static bool xcfg_decode(const unsigned char *p, size_t len, xcfg_t *c) {
-  xrd_t r = {p, len, 0, false};
-  c->owner = (int32_t)xget_u32(&r);
-  c->method = xget_u32(&r);
-  c->shm_size = xget_u64(&r);
-  c->maxtasksperchild = xget_u32(&r);
-  c->catch_sigint = xget_u32(&r);
-  c->has_init = xget_u32(&r);
-  c->init_offset = xget_u64(&r);
-  size_t ol;
-  c->init_object = (const char *)xget_bytes(&r, &ol);
-  c->initarg = xget_bytes(&r, &c->initarg_len);
-  return !r.bad && c->init_object && ol > 0 && c->init_object[ol - 1] == 0;
+  carom__rbuf_t r = {(unsigned char *)p, len, 0, false};
+  c->owner = (int32_t)carom__rget_u32(&r);
+  c->method = carom__rget_u32(&r);
+  c->shm_size = carom__rget_u64(&r);
+  c->maxtasksperchild = carom__rget_u32(&r);
+  c->catch_sigint = carom__rget_u32(&r);
+  c->has_init = carom__rget_u32(&r);
+  c->init_offset = carom__rget_u64(&r);
+  c->init_object = carom__rget_str(&r);
+  c->initarg = carom__rget_bytes(&r, &c->initarg_len);
+  return !r.bad && c->init_object && c->initarg;
 }
 
 /* ------------------------------------------------------ object tables */
@@ -172,7 +106,7 @@ struct pool_objtab {
 };
 
 typedef struct {
-  xbuf_t *b;
+  carom__wbuf_t *b;
   uint32_t n;
 } xlist_t;
 
@@ -181,8 +115,8 @@ static int list_cb(struct dl_phdr_info *info, size_t size, void *data) {
   xlist_t *a = data;
   /* The first object is the program itself: named "" as in proc's refs. */
   const char *name = a->n == 0 ? "" : info->dlpi_name ? info->dlpi_name : "";
-  xput_u64(a->b, (uint64_t)info->dlpi_addr);
-  xput_bytes(a->b, name, strlen(name) + 1);
+  carom__wput_u64(a->b, (uint64_t)info->dlpi_addr);
+  carom__wput_str(a->b, name);
   a->n++;
   return 0;
 }
@@ -314,7 +248,7 @@ int carom__pool_exec_template(const pool_exec_args_t *a, pid_t *pid_out, int *pi
     c.init_offset = ref.offset;
     c.init_object = ref.object;
   }
-  xbuf_t cfg = {0};
+  carom__wbuf_t cfg = {0};
   xcfg_encode(&cfg, &c);
   carom__target_ref_free(&ref);
   if (cfg.oom || cfg.len > XCFG_MAX) {
@@ -355,15 +289,14 @@ int carom__pool_exec_template(const pool_exec_args_t *a, pid_t *pid_out, int *pi
   }
   pool_objtab_t *t = NULL;
   if (rc == 0) {
-    xrd_t r = {body, rep[2], 0, false};
-    uint32_t n = xget_u32(&r);
+    carom__rbuf_t r = {body, rep[2], 0, false};
+    uint32_t n = carom__rget_u32(&r);
     t = calloc(1, sizeof *t);
     if (!t || !(t->v = calloc(n ? n : 1, sizeof *t->v))) rc = -ENOMEM;
     for (uint32_t i = 0; rc == 0 && i < n; i++) {
-      uint64_t base = xget_u64(&r);
-      size_t nl;
-      const char *name = (const char *)xget_bytes(&r, &nl);
-      if (r.bad || !name || nl == 0 || name[nl - 1]) {
+      uint64_t base = carom__rget_u64(&r);
+      const char *name = carom__rget_str(&r);
+      if (r.bad || !name) {
         rc = -EPROTO;
         break;
       }
@@ -453,32 +386,24 @@ static int x_setup(const xcfg_t *c, int shmfd, int evfd, char *err, size_t errle
 }
 
 static void x_reply(int fd, int status, const char *err) {
-  xbuf_t body = {0};
+  carom__wbuf_t body = {0};
   if (status == 0) {
-    xput_u32(&body, 0); /* count, patched below */
+    carom__wput_u32(&body, 0); /* count, patched below */
     xlist_t a = {&body, 0};
     dl_iterate_phdr(list_cb, &a);
     if (!body.oom) memcpy(body.p, &a.n, 4);
   } else {
-    xput(&body, err, strlen(err) + 1);
+    carom__wput(&body, err, strlen(err) + 1);
   }
   uint32_t rep[3] = {XREP_MAGIC, (uint32_t)status, (uint32_t)body.len};
-  xbuf_t b = {0};
-  xput(&b, rep, sizeof rep);
-  xput(&b, body.p, body.len);
+  carom__wbuf_t b = {0};
+  carom__wput(&b, rep, sizeof rep);
+  carom__wput(&b, body.p, body.len);
   if (!b.oom && !body.oom) (void)carom__send_all(fd, b.p, b.len);
   free(b.p);
   free(body.p);
 }
 
-static int env_int(const char *var) {
-  const char *s = getenv(var);
-  if (!s) return -1;
-  char *end;
-  long v = strtol(s, &end, 10);
-  unsetenv(var);
-  return (*end || v < 0 || v > INT_MAX) ? -1 : (int)v;
-}
 
 __attribute__((noreturn)) static void x_template(int fd) {
   xhdr_t h;
@@ -563,6 +488,6 @@ __attribute__((constructor)) static void carom__pool_exec_hook(void) {
     unsetenv("CAROM_POOL_WORKER_FDS");
     x_worker(spec);
   }
-  int fd = env_int("CAROM_POOL_TEMPLATE_FD");
+  int fd = carom__env_fd("CAROM_POOL_TEMPLATE_FD");
   if (fd >= 0) x_template(fd);
 }

@@ -148,61 +148,28 @@ carom_process_fn carom__target_ref_resolve(const carom__target_ref_t *ref) {
 
 enum { BOOT_MAGIC = 0x314d5243u /* "CRM1" */, BOOT_MAX = 1u << 30 };
 
-typedef struct {
-  unsigned char *p;
-  size_t len, cap;
-  bool oom;
-} wbuf_t;
-
-static void put(wbuf_t *w, const void *d, size_t n) {
-  if (w->oom) return;
-  if (w->len + n > w->cap) {
-    size_t c = w->cap ? w->cap : 256;
-    while (c < w->len + n) c *= 2;
-    unsigned char *q = realloc(w->p, c);
-    if (!q) {
-      w->oom = true;
-      return;
-    }
-    w->p = q;
-    w->cap = c;
-  }
-  memcpy(w->p + w->len, d, n);
-  w->len += n;
-}
-static void put_u32(wbuf_t *w, uint32_t v) { put(w, &v, 4); }
-static void put_bytes(wbuf_t *w, const void *d, size_t n) {
-  put_u32(w, (uint32_t)n);
-  put(w, d, n);
-  put(w, "", 1); /* NUL, so the reader can point at strings in place */
-}
-static void put_str(wbuf_t *w, const char *s) {
-  if (!s) s = "";
-  put_bytes(w, s, strlen(s));
-}
-
 int carom__boot_encode(const carom__boot_t *b, unsigned char **out, size_t *len) {
   if (b->arg_len > BOOT_MAX) return -EMSGSIZE;
-  wbuf_t w = {0};
-  put_u32(&w, 0); /* length, patched below */
-  put_u32(&w, BOOT_MAGIC);
-  put_str(&w, b->ref.entry);
-  put_str(&w, b->ref.object);
+  carom__wbuf_t w = {0};
+  carom__wput_u32(&w, 0); /* length, patched below */
+  carom__wput_u32(&w, BOOT_MAGIC);
+  carom__wput_str(&w, b->ref.entry);
+  carom__wput_str(&w, b->ref.object);
   uint64_t off = b->ref.offset;
   uint8_t flags = (uint8_t)((b->ref.has_offset ? 1 : 0) | (b->daemon ? 2 : 0) |
                             (b->ignore_sigint ? 4 : 0));
-  put(&w, &off, 8);
-  put(&w, &flags, 1);
-  put_bytes(&w, b->arg, b->arg_len);
-  put_str(&w, b->name);
-  put_str(&w, b->identity);
+  carom__wput(&w, &off, 8);
+  carom__wput(&w, &flags, 1);
+  carom__wput_bytes(&w, b->arg, b->arg_len);
+  carom__wput_str(&w, b->name);
+  carom__wput_str(&w, b->identity);
   int32_t ppid = b->parent_pid;
-  put(&w, &ppid, 4);
-  put_str(&w, b->parent_name);
+  carom__wput(&w, &ppid, 4);
+  carom__wput_str(&w, b->parent_name);
   uint32_t nenv = 0;
   while (b->env && b->env[nenv]) nenv++;
-  put_u32(&w, nenv);
-  for (uint32_t i = 0; i < nenv; i++) put_str(&w, b->env[i]);
+  carom__wput_u32(&w, nenv);
+  for (uint32_t i = 0; i < nenv; i++) carom__wput_str(&w, b->env[i]);
   if (w.oom || w.len - 4 > BOOT_MAX) {
     free(w.p);
     return w.oom ? -ENOMEM : -EMSGSIZE;
@@ -213,35 +180,6 @@ int carom__boot_encode(const carom__boot_t *b, unsigned char **out, size_t *len)
   *len = w.len;
   return 0;
 }
-
-typedef struct {
-  unsigned char *p;
-  size_t len, at;
-  bool bad;
-} rbuf_t;
-
-static const void *get(rbuf_t *r, size_t n) {
-  if (r->bad || r->len - r->at < n) {
-    r->bad = true;
-    return NULL;
-  }
-  const void *q = r->p + r->at;
-  r->at += n;
-  return q;
-}
-static uint32_t get_u32(rbuf_t *r) {
-  uint32_t v = 0;
-  const void *q = get(r, 4);
-  if (q) memcpy(&v, q, 4);
-  return v;
-}
-static const unsigned char *get_bytes(rbuf_t *r, size_t *n) {
-  uint32_t l = get_u32(r);
-  const unsigned char *q = get(r, (size_t)l + 1);
-  if (n) *n = l;
-  return q;
-}
-static char *get_str(rbuf_t *r) { return (char *)get_bytes(r, NULL); }
 
 int carom__send_all(int fd, const void *buf, size_t len) {
   const char *p = buf;
@@ -277,37 +215,37 @@ int carom__boot_read(int fd, carom__boot_t *b, unsigned char **buf) {
   int rc = carom__recv_all(fd, &body, 4);
   if (rc) return rc;
   if (body > BOOT_MAX + 4096u) return -EMSGSIZE;
-  rbuf_t r = {.p = malloc(body ? body : 1), .len = body};
+  carom__rbuf_t r = {.p = malloc(body ? body : 1), .len = body};
   if (!r.p) return -ENOMEM;
   if ((rc = carom__recv_all(fd, r.p, body))) {
     free(r.p);
     return rc;
   }
   memset(b, 0, sizeof *b);
-  if (get_u32(&r) != BOOT_MAGIC) r.bad = true;
-  b->ref.entry = get_str(&r);
-  b->ref.object = get_str(&r);
-  const void *q = get(&r, 8);
+  if (carom__rget_u32(&r) != BOOT_MAGIC) r.bad = true;
+  b->ref.entry = carom__rget_str(&r);
+  b->ref.object = carom__rget_str(&r);
+  const void *q = carom__rget(&r, 8);
   if (q) memcpy(&b->ref.offset, q, 8);
-  const uint8_t *flags = get(&r, 1);
+  const uint8_t *flags = carom__rget(&r, 1);
   if (flags) {
     b->ref.has_offset = *flags & 1;
     b->daemon = *flags & 2;
     b->ignore_sigint = *flags & 4;
   }
-  b->arg = get_bytes(&r, &b->arg_len);
-  b->name = get_str(&r);
-  b->identity = get_str(&r);
+  b->arg = carom__rget_bytes(&r, &b->arg_len);
+  b->name = carom__rget_str(&r);
+  b->identity = carom__rget_str(&r);
   int32_t ppid = 0;
-  if ((q = get(&r, 4))) memcpy(&ppid, q, 4);
+  if ((q = carom__rget(&r, 4))) memcpy(&ppid, q, 4);
   b->parent_pid = ppid;
-  b->parent_name = get_str(&r);
-  uint32_t nenv = get_u32(&r);
+  b->parent_name = carom__rget_str(&r);
+  uint32_t nenv = carom__rget_u32(&r);
   char **env = NULL;
   if (!r.bad && nenv <= body / 5) {
     env = calloc((size_t)nenv + 1, sizeof *env);
     if (!env) r.bad = true;
-    for (uint32_t i = 0; env && i < nenv; i++) env[i] = get_str(&r);
+    for (uint32_t i = 0; env && i < nenv; i++) env[i] = carom__rget_str(&r);
   } else {
     r.bad = true;
   }
@@ -399,7 +337,7 @@ __attribute__((noreturn)) static void boot_from_fd(int fd, pid_t expect_parent) 
 __attribute__((noreturn)) void carom__boot_from_fd(int fd, pid_t expect_parent);
 void carom__boot_from_fd(int fd, pid_t expect_parent) { boot_from_fd(fd, expect_parent); }
 
-static int env_fd(const char *var) {
+int carom__env_fd(const char *var) {
   const char *s = getenv(var);
   if (!s) return -1;
   char *end;
@@ -410,8 +348,8 @@ static int env_fd(const char *var) {
 
 /* The spawn / forkserver hook: see the file comment. */
 __attribute__((constructor)) static void carom__boot_hook(void) {
-  int fd = env_fd("CAROM_SPAWN_FD");
+  int fd = carom__env_fd("CAROM_SPAWN_FD");
   if (fd >= 0) boot_from_fd(fd, 0);
-  fd = env_fd("CAROM_FORKSERVER_FD");
+  fd = carom__env_fd("CAROM_FORKSERVER_FD");
   if (fd >= 0) carom__forkserver_main(fd);
 }

@@ -83,6 +83,9 @@ int carom__recv_all(int fd, void *buf, size_t len);
 int carom__target_ref_make(carom_process_fn fn, const char *entry, carom__target_ref_t *ref);
 void carom__target_ref_free(carom__target_ref_t *ref);
 carom_process_fn carom__target_ref_resolve(const carom__target_ref_t *ref);
+/* The fd number in environment variable var, removed from the environment
+ * at once (so nothing exec'd later sees it); -1 if absent or malformed. */
+int carom__env_fd(const char *var);
 /* Reset signal dispositions and the mask (async-signal-safe). */
 void carom__signals_reset(bool ignore_sigint);
 /* Apply "K=V" / "K" changes to the environment (not async-signal-safe). */
