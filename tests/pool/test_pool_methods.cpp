@@ -3,8 +3,10 @@
 // from it) and spawn (every worker exec'd): the same behaviour under each, and
 // what differs (inherited state, function and argument passing).
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -218,6 +220,134 @@ TEST_P(PoolMethod, RecyclingRunsEveryTaskInANewWorker) {
   carom_pool_close(p);
   EXPECT_EQ(0, carom_pool_join(p, nullptr));
   carom_pool_free(p);
+}
+
+int failing_init(void *, char *msg, size_t n) {
+  snprintf(msg, n, "no such database");
+  return 1;
+}
+
+// A failing initializer is reported with its message under every method
+// (the message crosses from the worker image through shared memory).
+TEST_P(PoolMethod, FailingInitializerIsReported) {
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = 1;
+  o.start_method = GetParam();
+  o.initializer = failing_init;
+  o.init_retries = 2;
+  carom_pool_t *p;
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_apply_async(p, twice, "12345678", 8, nullptr, &j));
+  timespec ts;
+  const void *d;
+  size_t n;
+  EXPECT_EQ(CAROM_EINITIALIZER, carom_job_get(j, carom_deadline(10, &ts), &d, &n));
+  EXPECT_NE(nullptr, strstr(static_cast<const char *>(d), "no such database"))
+      << static_cast<const char *>(d);
+  carom_job_release(j);
+  carom_pool_free(p);
+  EXPECT_EQ(-1, waitpid(-1, nullptr, WNOHANG));
+}
+
+// Random SIGKILLs of workers under load: every task ends exactly once (result
+// or EWORKERLOST), and the pool keeps serving.
+TEST_P(PoolMethod, RandomKillsEveryTaskEndsOnce) {
+  carom_pool_t *p = make(GetParam(), 2);
+  ASSERT_NE(nullptr, p);
+  const int n = 2000;
+  std::vector<carom_job_t *> jobs(n);
+  for (int i = 0; i < n; i++) {
+    int64_t x = i;
+    ASSERT_EQ(0, carom_pool_apply_async(p, twice, &x, sizeof x, nullptr, &jobs[i]));
+  }
+  int kills = 0;
+  for (int k = 0; k < 6; k++) {
+    pid_t pids[2];
+    int m = carom_pool_workers(p, pids, 2);
+    if (m > 0 && kill(pids[k % m], SIGKILL) == 0) kills++;
+    int64_t x = k;
+    void *res;
+    size_t len;  // paces the kills by the pool's own progress, not by sleeping
+    ASSERT_EQ(0, carom_pool_apply(p, twice, &x, sizeof x, &res, &len));
+    free(res);
+  }
+  int ok = 0, lost = 0;
+  for (int i = 0; i < n; i++) {
+    timespec ts;
+    const void *d;
+    size_t len;
+    int rc = carom_job_get(jobs[i], carom_deadline(60, &ts), &d, &len);
+    if (rc == 0) {
+      ok++;
+      int64_t v;
+      memcpy(&v, d, sizeof v);
+      EXPECT_EQ(2 * (int64_t)i, v);
+    } else {
+      EXPECT_EQ(CAROM_EWORKERLOST, rc);
+      lost++;
+    }
+    carom_job_release(jobs[i]);
+  }
+  EXPECT_EQ(n, ok + lost);
+  EXPECT_LE(lost, kills);
+  carom_pool_free(p);
+  EXPECT_EQ(-1, waitpid(-1, nullptr, WNOHANG));
+}
+
+// The owner SIGKILLed: the template (exec'd or forked) notices through its
+// pidfd and takes every worker with it within 1 s.
+TEST_P(PoolMethod, OwnerKilledLeavesNoWorker) {
+  auto *pids = static_cast<volatile pid_t *>(shared_alloc(4096));
+  const char *method = GetParam();
+  pid_t owner = fork_child([&] {
+    carom_pool_t *p = make(method, 2);
+    if (!p) return 1;
+    int64_t x = 1;
+    void *res;
+    size_t len;
+    if (carom_pool_apply(p, twice, &x, sizeof x, &res, &len) != 0) return 2;
+    pid_t w[2];
+    while (carom_pool_workers(p, w, 2) != 2)  // the second may still be starting
+      if (carom_pool_apply(p, twice, &x, sizeof x, &res, &len) == 0) free(res);
+    pids[1] = w[0];
+    pids[2] = w[1];
+    pids[0] = 1;  // ready
+    for (;;) pause();
+    return 0;
+  });
+  ASSERT_TRUE(wait_flag(pids)) << "owner did not get its workers up";
+  ASSERT_EQ(0, kill(owner, SIGKILL));
+  EXPECT_EQ(1000 + SIGKILL, reap_code(owner));
+  for (int i = 1; i <= 2; i++) {
+    int fd = (int)syscall(SYS_pidfd_open, pids[i], 0);
+    if (fd < 0) continue;  // already gone and reaped
+    struct pollfd pf = {fd, POLLIN, 0};
+    EXPECT_EQ(1, poll(&pf, 1, (int)(1000 * slow_factor()))) << "worker " << pids[i] << " survived";
+    close(fd);
+  }
+}
+
+// Create/destroy cycles leave no fd, no child and no zombie behind.
+TEST_P(PoolMethod, CreateDestroyCyclesLeakNothing) {
+  int fds = count_fds();
+  const int cycles = slow_factor() > 1 ? 20 : 60;
+  for (int i = 0; i < cycles; i++) {
+    carom_pool_t *p = make(GetParam(), 2);
+    ASSERT_NE(nullptr, p);
+    if (i % 2) {
+      int64_t x = i;
+      void *res;
+      size_t len;
+      ASSERT_EQ(0, carom_pool_apply(p, twice, &x, sizeof x, &res, &len));
+      free(res);
+    }
+    carom_pool_free(p);
+  }
+  EXPECT_EQ(fds, count_fds());
+  EXPECT_EQ(-1, waitpid(-1, nullptr, WNOHANG));
+  EXPECT_EQ(ECHILD, errno);
 }
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, PoolMethod,
