@@ -75,6 +75,11 @@ enum {
   MSG_RESULT = 2, /* up: results of a MSG_TASK */
   MSG_READY = 3,  /* up: worker started (initializer done) */
 };
+/* Flag in a MSG_TASK's kind: wake the supervisor (if it sleeps) when the
+ * message starts, because a time limit now runs or an accept callback waits.
+ * Without it a sleeping supervisor would learn of the start only at its next
+ * timed poll (up to 100 ms), and a limit could fire that late. */
+enum { MSG_F_WAKE_ON_START = 1u << 16, MSG_KIND_MASK = 0xffff };
 
 /* Header at the start of every message. Down MSG_TASK: header, then
  * uint32_t len[count] padded to 8, then the items' bytes. Up MSG_RESULT:

@@ -505,7 +505,9 @@ static unsigned slot_capacity(carom_pool_t *p, wslot_t *w) {
 static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first, size_t count) {
   wslot_t *w = &p->slots[i];
   msg_t h = {.job_id = j->id, .fn = j->wfn, .first = first,
-             .kind = MSG_TASK, .count = (uint32_t)count, .seq = w->seq};
+             .kind = MSG_TASK | (j->soft_ns || j->hard_ns || j->cb.accept_callback
+                                     ? MSG_F_WAKE_ON_START : 0),
+             .count = (uint32_t)count, .seq = w->seq};
   memcpy(w->hdr, &h, sizeof h);
   /* [header][item lengths][0-4 zero bytes to align][item bytes], gathered
    * straight from the job (or the caller's items): no copy besides the one

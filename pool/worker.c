@@ -254,6 +254,7 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     atomic_store_explicit(&slot->item, 0, memory_order_relaxed);
     atomic_store_explicit(&slot->started_ns, carom_now_ns(), memory_order_relaxed);
     atomic_store_explicit(&slot->started, hdr.seq + 1, memory_order_release);
+    if (hdr.kind & MSG_F_WAKE_ON_START) carom__pool_wake_supervisor(h, cfg->evfd);
     bool skip = atomic_load_explicit(&slot->cancel[hdr.seq % CANCEL_RING],
                                      memory_order_acquire) == hdr.seq + 1;
 
