@@ -264,7 +264,11 @@ CAROM_EXTERN int carom_job_get(carom_job_t *job, const struct timespec *deadline
 CAROM_EXTERN bool carom_job_ready(carom_job_t *job);
 /* 1 succeeded, 0 failed, CAROM_ENOTREADY while not ready (Python raises). */
 CAROM_EXTERN int carom_job_successful(carom_job_t *job);
-/* True once a worker has started (any part of) the job. */
+/* True once a worker has started (any part of) the job and the supervisor has
+ * seen it: at once while the pool is busy; when the pool idles (its
+ * supervisor sleeps between events) within 100 ms, unless the job has an
+ * accept_callback or time limits, which make the worker wake the supervisor
+ * as the job starts. */
 CAROM_EXTERN bool carom_job_accepted(carom_job_t *job);
 /* When a worker first started the job, on carom_now_ns()'s clock (read by the
  * worker itself, so exact); 0 before that. Time limits count from here. */
