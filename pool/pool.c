@@ -181,7 +181,6 @@ struct carom_pool {
   pthread_t sup;
   bool sup_started;
   struct pool_worker_cfg cfg;
-  int method;             /* POOL_METHOD_* */
   pool_objtab_t *xtab;    /* forkserver/spawn: the template's objects */
   void *initarg_copy;     /* initarg_len bytes, owned */
   /* forkserver/spawn: recently translated task functions (under xmu) */
@@ -1348,7 +1347,6 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   carom_pool_t *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   p->opts = o;
-  p->method = method;
   pthread_mutex_init(&p->xmu, NULL);
   if (o.initarg_len) {
     if (!(p->initarg_copy = malloc(o.initarg_len))) {
