@@ -1,6 +1,12 @@
 // tests/pool/pool_testutil.h — bounded waits shared by the pool tests.
 #pragma once
+#include <gtest/gtest.h>
 #include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstring>
+#include <vector>
 
 #include "carom/pool.h"
 #include "testutil.h"
@@ -26,6 +32,101 @@ inline bool wait_flag(const volatile int *flag, double timeout_s = 10) {
     sched_yield();
   }
   return true;
+}
+
+// Task: the int64 argument doubled (fails -EINVAL on another size).
+inline int twice_task(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  int64_t x;
+  if (len != sizeof x) return carom_task_fail(ctx, -EINVAL, "want 8 bytes, got %zu", len);
+  memcpy(&x, arg, sizeof x);
+  x *= 2;
+  return carom_task_return(ctx, &x, sizeof x);
+}
+
+// A pool of `processes` workers made with start method `method` (NULL: fork).
+inline carom_pool_t *make_method_pool(const char *method, int processes, unsigned maxtasks = 0) {
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = processes;
+  o.maxtasksperchild = maxtasks;
+  o.start_method = method;
+  carom_pool_t *p = nullptr;
+  int rc = carom_pool_create(&o, &p);
+  EXPECT_EQ(0, rc) << carom_strerror(rc);
+  return p;
+}
+
+// No child of ours may be left (zombie or alive) once pools are freed.
+inline void expect_no_children() {
+  int st;
+  EXPECT_EQ(-1, waitpid(-1, &st, WNOHANG));
+  EXPECT_EQ(ECHILD, errno);
+}
+
+// n tasks on 2 workers while `kills` random workers are SIGKILLed (paced by
+// the pool's own progress, not by sleeping): every task ends exactly once,
+// with its result or CAROM_EWORKERLOST, no more lost than killed, and the pool
+// keeps serving.
+inline void check_random_kills(const char *method, int n, int kills) {
+  carom_pool_t *p = make_method_pool(method, 2);
+  ASSERT_NE(nullptr, p);
+  std::vector<carom_job_t *> jobs(n);
+  for (int i = 0; i < n; i++) {
+    int64_t x = i;
+    ASSERT_EQ(0, carom_pool_apply_async(p, twice_task, &x, sizeof x, nullptr, &jobs[i]));
+  }
+  int done_kills = 0;
+  for (int k = 0; k < kills; k++) {
+    pid_t pids[2];
+    int m = carom_pool_workers(p, pids, 2);
+    if (m > 0 && kill(pids[(k * 7919) % m], SIGKILL) == 0) done_kills++;
+    int64_t x = k;
+    void *res;
+    size_t len;
+    ASSERT_EQ(0, carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len));
+    free(res);
+  }
+  int ok = 0, lost = 0;
+  for (int i = 0; i < n; i++) {
+    timespec ts;
+    const void *d;
+    size_t len;
+    int rc = carom_job_get(jobs[i], carom_deadline(60, &ts), &d, &len);
+    if (rc == 0) {
+      ok++;
+      int64_t v;
+      memcpy(&v, d, sizeof v);
+      EXPECT_EQ(2 * (int64_t)i, v);
+    } else {
+      EXPECT_EQ(CAROM_EWORKERLOST, rc);
+      lost++;
+    }
+    carom_job_release(jobs[i]);
+  }
+  EXPECT_EQ(n, ok + lost);
+  EXPECT_LE(lost, done_kills);
+  carom_pool_free(p);
+  expect_no_children();
+}
+
+// `cycles` pool create/destroy cycles (every other one runs a task) leave no
+// fd, no child and no zombie behind.
+inline void check_create_destroy_cycles(const char *method, int cycles) {
+  int fds = count_fds();
+  for (int i = 0; i < cycles; i++) {
+    carom_pool_t *p = make_method_pool(method, 2);
+    ASSERT_NE(nullptr, p);
+    if (i % 2) {
+      int64_t x = i;
+      void *res;
+      size_t len;
+      ASSERT_EQ(0, carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len));
+      free(res);
+    }
+    carom_pool_free(p);
+  }
+  EXPECT_EQ(fds, count_fds());
+  expect_no_children();
 }
 
 }  // namespace carom_test

@@ -23,13 +23,6 @@ using namespace carom_test;
 
 namespace {
 
-int twice(carom_task_ctx_t *ctx, const void *arg, size_t len) {
-  int64_t x;
-  if (len != sizeof x) return carom_task_fail(ctx, -EINVAL, "want 8 bytes, got %zu", len);
-  memcpy(&x, arg, sizeof x);
-  x *= 2;
-  return carom_task_return(ctx, &x, sizeof x);
-}
 
 int pids_task(carom_task_ctx_t *ctx, const void *, size_t) {
   int32_t v[2] = {(int32_t)getpid(), (int32_t)getppid()};
@@ -71,24 +64,13 @@ int sleep_ms(carom_task_ctx_t *ctx, const void *arg, size_t) {
   return carom_task_return(ctx, &ms, sizeof ms);
 }
 
-carom_pool_t *make(const char *method, int processes, unsigned maxtasks = 0) {
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = processes;
-  o.maxtasksperchild = maxtasks;
-  o.start_method = method;
-  carom_pool_t *p = nullptr;
-  int rc = carom_pool_create(&o, &p);
-  EXPECT_EQ(0, rc) << carom_strerror(rc);
-  return p;
-}
 
 class PoolMethod : public ::testing::TestWithParam<const char *> {};
 
 // map and apply give the same results under every method; workers are
 // children of the template, never of the creator.
 TEST_P(PoolMethod, MapAndApplyWork) {
-  carom_pool_t *p = make(GetParam(), 2);
+  carom_pool_t *p = make_method_pool(GetParam(), 2);
   ASSERT_NE(nullptr, p);
   std::vector<int64_t> xs(1000);
   std::vector<iovec> items(xs.size());
@@ -97,7 +79,7 @@ TEST_P(PoolMethod, MapAndApplyWork) {
     items[i] = {&xs[i], sizeof xs[i]};
   }
   carom_job_t *j;
-  ASSERT_EQ(0, carom_pool_map(p, twice, items.data(), items.size(), 0, &j));
+  ASSERT_EQ(0, carom_pool_map(p, twice_task, items.data(), items.size(), 0, &j));
   for (size_t i = 0; i < xs.size(); i++) {
     const void *d;
     size_t n;
@@ -120,7 +102,7 @@ TEST_P(PoolMethod, MapAndApplyWork) {
   // A failing task's message crosses as under fork.
   int32_t bad = 1;
   carom_job_t *e;
-  ASSERT_EQ(0, carom_pool_apply_async(p, twice, &bad, sizeof bad, nullptr, &e));
+  ASSERT_EQ(0, carom_pool_apply_async(p, twice_task, &bad, sizeof bad, nullptr, &e));
   EXPECT_EQ(-EINVAL, carom_job_wait(e, nullptr));
   const void *d;
   size_t n;
@@ -136,7 +118,7 @@ TEST_P(PoolMethod, MapAndApplyWork) {
 // forkserver and spawn (a fresh program image).
 TEST_P(PoolMethod, CreatorStateIsInheritedOnlyUnderFork) {
   g_parent_state = 42;
-  carom_pool_t *p = make(GetParam(), 1);
+  carom_pool_t *p = make_method_pool(GetParam(), 1);
   ASSERT_NE(nullptr, p);
   void *res;
   size_t len;
@@ -176,7 +158,7 @@ TEST_P(PoolMethod, InitializerGetsArgumentBytes) {
 
 // A worker killed mid-task: that task fails EWORKERLOST, a replacement serves.
 TEST_P(PoolMethod, KilledWorkerIsLostAndReplaced) {
-  carom_pool_t *p = make(GetParam(), 1);
+  carom_pool_t *p = make_method_pool(GetParam(), 1);
   ASSERT_NE(nullptr, p);
   int64_t hour = 3600 * 1000;
   carom_job_t *j;
@@ -191,7 +173,7 @@ TEST_P(PoolMethod, KilledWorkerIsLostAndReplaced) {
   int64_t x = 21;
   void *res;
   size_t len;
-  ASSERT_EQ(0, carom_pool_apply(p, twice, &x, sizeof x, &res, &len));
+  ASSERT_EQ(0, carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len));
   int64_t v;
   memcpy(&v, res, sizeof v);
   free(res);
@@ -201,7 +183,7 @@ TEST_P(PoolMethod, KilledWorkerIsLostAndReplaced) {
 
 // maxtasksperchild=1: every task in a new process, nothing lost.
 TEST_P(PoolMethod, RecyclingRunsEveryTaskInANewWorker) {
-  carom_pool_t *p = make(GetParam(), 2, 1);
+  carom_pool_t *p = make_method_pool(GetParam(), 2, 1);
   ASSERT_NE(nullptr, p);
   const int n = 40;
   std::vector<carom_job_t *> jobs(n);
@@ -239,7 +221,7 @@ TEST_P(PoolMethod, FailingInitializerIsReported) {
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
   carom_job_t *j;
-  ASSERT_EQ(0, carom_pool_apply_async(p, twice, "12345678", 8, nullptr, &j));
+  ASSERT_EQ(0, carom_pool_apply_async(p, twice_task, "12345678", 8, nullptr, &j));
   timespec ts;
   const void *d;
   size_t n;
@@ -248,53 +230,11 @@ TEST_P(PoolMethod, FailingInitializerIsReported) {
       << static_cast<const char *>(d);
   carom_job_release(j);
   carom_pool_free(p);
-  EXPECT_EQ(-1, waitpid(-1, nullptr, WNOHANG));
+  expect_no_children();
 }
 
-// Random SIGKILLs of workers under load: every task ends exactly once (result
-// or EWORKERLOST), and the pool keeps serving.
-TEST_P(PoolMethod, RandomKillsEveryTaskEndsOnce) {
-  carom_pool_t *p = make(GetParam(), 2);
-  ASSERT_NE(nullptr, p);
-  const int n = 2000;
-  std::vector<carom_job_t *> jobs(n);
-  for (int i = 0; i < n; i++) {
-    int64_t x = i;
-    ASSERT_EQ(0, carom_pool_apply_async(p, twice, &x, sizeof x, nullptr, &jobs[i]));
-  }
-  int kills = 0;
-  for (int k = 0; k < 6; k++) {
-    pid_t pids[2];
-    int m = carom_pool_workers(p, pids, 2);
-    if (m > 0 && kill(pids[k % m], SIGKILL) == 0) kills++;
-    int64_t x = k;
-    void *res;
-    size_t len;  // paces the kills by the pool's own progress, not by sleeping
-    ASSERT_EQ(0, carom_pool_apply(p, twice, &x, sizeof x, &res, &len));
-    free(res);
-  }
-  int ok = 0, lost = 0;
-  for (int i = 0; i < n; i++) {
-    timespec ts;
-    const void *d;
-    size_t len;
-    int rc = carom_job_get(jobs[i], carom_deadline(60, &ts), &d, &len);
-    if (rc == 0) {
-      ok++;
-      int64_t v;
-      memcpy(&v, d, sizeof v);
-      EXPECT_EQ(2 * (int64_t)i, v);
-    } else {
-      EXPECT_EQ(CAROM_EWORKERLOST, rc);
-      lost++;
-    }
-    carom_job_release(jobs[i]);
-  }
-  EXPECT_EQ(n, ok + lost);
-  EXPECT_LE(lost, kills);
-  carom_pool_free(p);
-  EXPECT_EQ(-1, waitpid(-1, nullptr, WNOHANG));
-}
+// Random SIGKILLs of workers under load: every task ends exactly once.
+TEST_P(PoolMethod, RandomKillsEveryTaskEndsOnce) { check_random_kills(GetParam(), 2000, 6); }
 
 // The owner SIGKILLed: the template (exec'd or forked) notices through its
 // pidfd and takes every worker with it within 1 s.
@@ -302,15 +242,15 @@ TEST_P(PoolMethod, OwnerKilledLeavesNoWorker) {
   auto *pids = static_cast<volatile pid_t *>(shared_alloc(4096));
   const char *method = GetParam();
   pid_t owner = fork_child([&] {
-    carom_pool_t *p = make(method, 2);
+    carom_pool_t *p = make_method_pool(method, 2);
     if (!p) return 1;
     int64_t x = 1;
     void *res;
     size_t len;
-    if (carom_pool_apply(p, twice, &x, sizeof x, &res, &len) != 0) return 2;
+    if (carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len) != 0) return 2;
     pid_t w[2];
     while (carom_pool_workers(p, w, 2) != 2)  // the second may still be starting
-      if (carom_pool_apply(p, twice, &x, sizeof x, &res, &len) == 0) free(res);
+      if (carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len) == 0) free(res);
     pids[1] = w[0];
     pids[2] = w[1];
     pids[0] = 1;  // ready
@@ -331,23 +271,7 @@ TEST_P(PoolMethod, OwnerKilledLeavesNoWorker) {
 
 // Create/destroy cycles leave no fd, no child and no zombie behind.
 TEST_P(PoolMethod, CreateDestroyCyclesLeakNothing) {
-  int fds = count_fds();
-  const int cycles = slow_factor() > 1 ? 20 : 60;
-  for (int i = 0; i < cycles; i++) {
-    carom_pool_t *p = make(GetParam(), 2);
-    ASSERT_NE(nullptr, p);
-    if (i % 2) {
-      int64_t x = i;
-      void *res;
-      size_t len;
-      ASSERT_EQ(0, carom_pool_apply(p, twice, &x, sizeof x, &res, &len));
-      free(res);
-    }
-    carom_pool_free(p);
-  }
-  EXPECT_EQ(fds, count_fds());
-  EXPECT_EQ(-1, waitpid(-1, nullptr, WNOHANG));
-  EXPECT_EQ(ECHILD, errno);
+  check_create_destroy_cycles(GetParam(), slow_factor() > 1 ? 20 : 60);
 }
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, PoolMethod,
@@ -382,7 +306,7 @@ TEST(PoolMethods, BadOptionsAreRefused) {
 // A task "function" outside every loaded object (here: a data address) cannot
 // be named in the exec'd image: the submission fails, the pool keeps serving.
 TEST(PoolMethods, FunctionOutsideLoadedObjectsIsRefused) {
-  carom_pool_t *p = make("forkserver", 1);
+  carom_pool_t *p = make_method_pool("forkserver", 1);
   ASSERT_NE(nullptr, p);
   static char not_code[16];
   carom_task_fn fn;
@@ -394,7 +318,7 @@ TEST(PoolMethods, FunctionOutsideLoadedObjectsIsRefused) {
   int64_t x = 4;
   void *res;
   size_t len;
-  ASSERT_EQ(0, carom_pool_apply(p, twice, &x, sizeof x, &res, &len));
+  ASSERT_EQ(0, carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len));
   free(res);
   carom_pool_free(p);
 }
@@ -407,12 +331,12 @@ TEST(PoolMethods, EightThreadsCreateForkserverPools) {
   for (auto &t : ts)
     pthread_create(&t, nullptr, [](void *) -> void * {
       for (int r = 0; r < 2; r++) {
-        carom_pool_t *p = make("forkserver", 1);
+        carom_pool_t *p = make_method_pool("forkserver", 1);
         if (!p) return reinterpret_cast<void *>(1);
         int64_t x = 5;
         void *res;
         size_t len;
-        int rc = carom_pool_apply(p, twice, &x, sizeof x, &res, &len);
+        int rc = carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len);
         if (rc == 0) free(res);
         carom_pool_free(p);
         if (rc) return reinterpret_cast<void *>(2);
@@ -424,8 +348,7 @@ TEST(PoolMethods, EightThreadsCreateForkserverPools) {
     pthread_join(t, &r);
     EXPECT_EQ(nullptr, r);
   }
-  EXPECT_EQ(-1, waitpid(-1, nullptr, WNOHANG));  // nothing left to reap
-  EXPECT_EQ(ECHILD, errno);
+  expect_no_children();
 }
 
 }  // namespace
