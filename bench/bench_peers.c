@@ -34,6 +34,7 @@ static const peer_fig_t peer_figs[] = {
     {"lock", "lock.pair"},
     {"value", "value.incr2"},
     {"pool_map", "pool.map"},
+    {"pool_map_chunk1", "pool.map.chunksize1"},
     {"apply_async", "pool.apply_async"},
     {"imap_unordered", "pool.imap_unordered"},
     {"maxtasks1", "pool.maxtasks1"},

@@ -301,6 +301,7 @@ __attribute__((constructor)) static void pool_ratios(void) {
   snprintf(label, sizeof label, "speedup vs %s: %s", l, what);                        \
   bench_ratio(label, fig, peer);
     RATIO("pool.map.1M.default_chunks", "map", "pool.map (target >= 20)")
+    RATIO("pool.map.100k.chunksize1", "map.chunksize1", "pool.map chunksize 1 (target >= 20)")
     RATIO("pool.apply_async.rtt", "apply_async", "pool.apply_async round trips (target >= 20)")
     RATIO("pool.imap_unordered", "imap_unordered", "pool.imap_unordered (target >= 20)")
     RATIO("pool.maxtasksperchild1", "maxtasks1", "maxtasksperchild=1 (target >= 10)")

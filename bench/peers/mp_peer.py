@@ -162,6 +162,16 @@ def w_pool_map(m, n):
     return n / (t1 - t0), "items/s"
 
 
+def w_pool_map_chunk1(m, n):
+    with _pool(m) as pool:
+        t0 = time.perf_counter()
+        s = sum(pool.map(trivial, range(n), chunksize=1))
+        t1 = time.perf_counter()
+    if s != n * (n + 1) // 2:
+        raise Wrong("map chunksize=1 result wrong")
+    return n / (t1 - t0), "items/s"
+
+
 def w_apply_async(m, n):
     with _pool(m) as pool:
         t0 = time.perf_counter()
@@ -267,6 +277,7 @@ WORKLOADS = {
     "lock": (w_lock, 2000000),
     "value": (w_value, 100000),
     "pool_map": (w_pool_map, 1000000),
+    "pool_map_chunk1": (w_pool_map_chunk1, 100000),
     "apply_async": (w_apply_async, 20000),
     "imap_unordered": (w_imap_unordered, 1000000),
     "maxtasks1": (w_maxtasks1, 400),
@@ -276,7 +287,7 @@ WORKLOADS = {
 # billiard replaces a recycled worker and joins a pool on a ~1 s maintenance
 # loop (about 3 tasks/s with maxtasksperchild=1, ~1 s per pool shutdown on the
 # reference machine): smaller sizes keep the suite inside its time budget.
-BILLIARD_BASE = {"maxtasks1": 40, "lifecycle": 5, "timeout_latency": 20}
+BILLIARD_BASE = {"maxtasks1": 40, "lifecycle": 5, "timeout_latency": 20, "pool_map_chunk1": 20000}
 
 
 def main(argv):
