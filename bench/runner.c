@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -208,22 +209,31 @@ int bench_run_capture(char *const argv[], double timeout_s, char *out, size_t n)
   }
   uint64_t deadline = bench_now_ns() + (uint64_t)(timeout_s * 1e9);
   size_t len = 0;
-  bool timed_out = false;
+  bool timed_out = false, exited = false;
+  /* The peer's own exit ends the capture, not EOF: a Python pool can leave
+   * worker processes behind that hold the pipe open (billiard does, after a
+   * hard time limit), and they are killed with the group below. */
+  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
   for (;;) {
     uint64_t now = bench_now_ns();
     if (now >= deadline) {
       timed_out = true;
       break;
     }
-    struct pollfd pfd = {.fd = p[0], .events = POLLIN};
+    struct pollfd pfd[2] = {{.fd = p[0], .events = POLLIN}, {.fd = pidfd, .events = POLLIN}};
     int ms = (int)((deadline - now) / 1000000) + 1;
-    int r = poll(&pfd, 1, ms);
+    int r = exited ? 1 : poll(pfd, pidfd >= 0 ? 2 : 1, ms);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) continue;
+    if (!exited && pidfd >= 0 && (pfd[1].revents & POLLIN)) {
+      exited = true; /* read what is left without blocking, then stop */
+      fcntl(p[0], F_SETFL, O_NONBLOCK);
+    }
+    if (!exited && !(pfd[0].revents & (POLLIN | POLLHUP))) continue;
     char buf[4096];
     ssize_t got = read(p[0], buf, sizeof buf);
     if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) break; /* EOF: the child (and anything holding the pipe) is done */
+    if (got <= 0) break; /* EOF (or, after the exit, nothing more): done */
     size_t room = n ? n - 1 - len : 0;
     size_t take = (size_t)got < room ? (size_t)got : room;
     memcpy(out + len, buf, take);
@@ -231,7 +241,8 @@ int bench_run_capture(char *const argv[], double timeout_s, char *out, size_t n)
     out[len] = 0;
   }
   close(p[0]);
-  if (timed_out) kill(-pid, SIGKILL);
+  if (pidfd >= 0) close(pidfd);
+  if (timed_out || exited) kill(-pid, SIGKILL); /* the peer's leftovers too */
   int st = 0;
   /* After EOF the child normally exits at once; bound the wait anyway. */
   for (;;) {
