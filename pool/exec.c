@@ -29,13 +29,13 @@
 
 #include <fcntl.h>
 #include <link.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -184,42 +184,10 @@ carom_task_fn carom__pool_fn_resolve(uint64_t ref) {
 
 /* ------------------------------------------------------- parent side */
 
-static int send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
-  char ctl[CMSG_SPACE(sizeof(int) * 4)];
-  memset(ctl, 0, sizeof ctl);
-  struct iovec iov = {(void *)buf, len};
-  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl,
-                     .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds)};
-  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-  memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
-  ssize_t n;
-  do n = sendmsg(sock, &m, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) return -errno;
-  return (size_t)n == len ? 0 : -EPIPE;
-}
-
-/* Read exactly len bytes within the deadline (ms from now). */
-static int recv_deadline(int fd, void *buf, size_t len, uint64_t end_ns) {
-  size_t got = 0;
-  while (got < len) {
-    uint64_t now = carom_now_ns();
-    if (now >= end_ns) return -ETIMEDOUT;
-    struct pollfd pf = {fd, POLLIN, 0};
-    int r = poll(&pf, 1, (int)((end_ns - now) / 1000000 + 1));
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return -errno;
-    if (r == 0) continue;
-    ssize_t n = recv(fd, (char *)buf + got, len - got, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return -errno;
-    if (n == 0) return CAROM_EEOF;
-    got += (size_t)n;
-  }
-  return 0;
+/* carom__recv_all on a socket with SO_RCVTIMEO: a timeout is -ETIMEDOUT. */
+static int recv_timed(int sock, void *buf, size_t len) {
+  int rc = carom__recv_all(sock, buf, len);
+  return rc == -EAGAIN || rc == -EWOULDBLOCK ? -ETIMEDOUT : rc;
 }
 
 int carom__pool_exec_template(const pool_exec_args_t *a, pid_t *pid_out, int *pidfd_out,
@@ -268,20 +236,23 @@ int carom__pool_exec_template(const pool_exec_args_t *a, pid_t *pid_out, int *pi
   if (sentinel >= 0 && sentinel != pidfd) close(sentinel); /* death pipe: we reap it ourselves */
   xhdr_t h = {XHDR_MAGIC, (uint32_t)cfg.len};
   int fds[3] = {a->shmfd, a->evfd, a->tplsock};
-  int rc = send_with_fds(chan, &h, sizeof h, fds, 3);
+  int rc = carom__send_fds(chan, &h, sizeof h, fds, 3);
   if (rc == 0) rc = carom__send_all(chan, cfg.p, cfg.len);
   free(cfg.p);
 
   /* The answer: magic, status, then (status 0) the object table or (else)
-   * an error message. */
-  uint64_t end = carom_now_ns() + (uint64_t)XBOOT_TIMEOUT_MS * 1000000ull;
+   * an error message; a program whose start-up never reaches libcarom's
+   * constructor must not hang the creator (each read waits at most
+   * XBOOT_TIMEOUT_MS). */
+  struct timeval tv = {XBOOT_TIMEOUT_MS / 1000, 0};
+  if (rc == 0 && setsockopt(chan, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) rc = -errno;
   uint32_t rep[3] = {0, 0, 0};
-  if (rc == 0) rc = recv_deadline(chan, rep, sizeof rep, end);
+  if (rc == 0) rc = recv_timed(chan, rep, sizeof rep);
   if (rc == 0 && rep[0] != XREP_MAGIC) rc = -EPROTO;
   unsigned char *body = NULL;
   if (rc == 0 && rep[2] > XCFG_MAX) rc = -EPROTO;
   if (rc == 0 && !(body = malloc(rep[2] + 1))) rc = -ENOMEM;
-  if (rc == 0) rc = recv_deadline(chan, body, rep[2], end);
+  if (rc == 0) rc = recv_timed(chan, body, rep[2]);
   if (rc == 0 && (int32_t)rep[1] < 0) {
     body[rep[2]] = 0;
     snprintf(err, errlen, "%s", (char *)body);
@@ -331,30 +302,6 @@ static carom_pool_opts_t x_opts;
 static struct pool_worker_cfg x_cfg;
 static unsigned char *x_cfgbuf;
 static size_t x_cfglen;
-
-static int recv_with_fds(int sock, void *buf, size_t len, int *fds, int nfds) {
-  char ctl[CMSG_SPACE(sizeof(int) * 4)];
-  struct iovec iov = {buf, len};
-  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl,
-                     .msg_controllen = sizeof ctl};
-  ssize_t n;
-  do n = recvmsg(sock, &m, MSG_WAITALL | MSG_CMSG_CLOEXEC);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) return -errno;
-  if ((size_t)n != len) return -EPROTO;
-  int got = 0;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    for (int i = 0; i < k; i++) {
-      int fd;
-      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      if (got < nfds) fds[got++] = fd;
-      else close(fd);
-    }
-  }
-  return got == nfds ? 0 : -EPROTO;
-}
 
 /* Map the region, resolve the initializer, fill x_opts/x_cfg. 0 or -errno
  * with a message in err. */
@@ -409,7 +356,8 @@ __attribute__((noreturn)) static void x_template(int fd) {
   xhdr_t h;
   int fds[3] = {-1, -1, -1};
   char err[ERRMSG_MAX] = "";
-  int rc = recv_with_fds(fd, &h, sizeof h, fds, 3);
+  int rc = carom__recv_fds(fd, &h, sizeof h, fds, 3);
+  if (rc == 0 && (fds[0] < 0 || fds[1] < 0 || fds[2] < 0)) rc = -EPROTO;
   if (rc == 0 && (h.magic != XHDR_MAGIC || h.len > XCFG_MAX)) rc = -EPROTO;
   if (rc == 0 && !(x_cfgbuf = malloc(h.len ? h.len : 1))) rc = -ENOMEM;
   if (rc == 0) rc = carom__recv_all(fd, x_cfgbuf, h.len);

@@ -210,6 +210,69 @@ int carom__recv_all(int fd, void *buf, size_t len) {
   return 0;
 }
 
+enum { FDS_MAX = 4 };
+
+int carom__send_fds(int sock, const void *data, size_t len, const int *fds, int nfds) {
+  if (nfds < 0 || nfds > FDS_MAX) return -EINVAL;
+  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * FDS_MAX)];
+    struct cmsghdr align;
+  } u;
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds > 0) {
+    memset(&u, 0, sizeof u);
+    mh.msg_control = u.buf;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+  }
+  for (;;) {
+    ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    if (n >= 0) return n == (ssize_t)len ? 0 : -EIO;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+int carom__recv_fds(int sock, void *data, size_t len, int *fds, int nfds) {
+  if (nfds < 0 || nfds > FDS_MAX) return -EINVAL;
+  for (int i = 0; i < nfds; i++) fds[i] = -1;
+  struct iovec iov = {.iov_base = data, .iov_len = len};
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * FDS_MAX)];
+    struct cmsghdr align;
+  } u;
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                      .msg_controllen = sizeof u.buf};
+  ssize_t n;
+  do n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  int got = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < k; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      if (got < nfds) fds[got++] = fd;
+      else close(fd); /* more than asked for: never leak one */
+    }
+  }
+  int rc = n == 0 ? CAROM_EEOF : 0;
+  if (rc == 0 && (size_t)n < len) /* stream: the rest follows without ancillary data */
+    rc = carom__recv_all(sock, (char *)data + n, len - (size_t)n);
+  if (rc)
+    for (int i = 0; i < got; i++) {
+      close(fds[i]);
+      fds[i] = -1;
+    }
+  return rc;
+}
+
 int carom__boot_read(int fd, carom__boot_t *b, unsigned char **buf) {
   uint32_t body;
   int rc = carom__recv_all(fd, &body, 4);

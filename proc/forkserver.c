@@ -41,60 +41,6 @@
 #define P_PIDFD 3
 #endif
 
-/* ------------------------------------------------------- fd passing ---- */
-
-static int send_with_fd(int sock, const void *data, size_t len, int fd) {
-  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-  union {
-    char buf[CMSG_SPACE(sizeof(int))];
-    struct cmsghdr align;
-  } u;
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  if (fd >= 0) {
-    memset(&u, 0, sizeof u);
-    mh.msg_control = u.buf;
-    mh.msg_controllen = sizeof u.buf;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  for (;;) {
-    ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-    if (n >= 0) return n == (ssize_t)len ? 0 : -EIO;
-    if (errno != EINTR) return -errno;
-  }
-}
-
-/* Receive exactly len bytes; *fd gets a passed descriptor or -1. 0, EEOF. */
-static int recv_with_fd(int sock, void *data, size_t len, int *fd) {
-  *fd = -1;
-  struct iovec iov = {.iov_base = data, .iov_len = len};
-  union {
-    char buf[CMSG_SPACE(sizeof(int))];
-    struct cmsghdr align;
-  } u;
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                      .msg_controllen = sizeof u.buf};
-  ssize_t n;
-  do n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) return -errno;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) memcpy(fd, CMSG_DATA(c), sizeof *fd);
-  if (n == 0) return CAROM_EEOF;
-  if ((size_t)n < len) { /* stream: the rest follows without ancillary data */
-    int rc = carom__recv_all(sock, (char *)data + n, len - (size_t)n);
-    if (rc && *fd >= 0) {
-      close(*fd);
-      *fd = -1;
-    }
-    return rc;
-  }
-  return 0;
-}
-
 /* ------------------------------------------------------------ client ---- */
 
 static pthread_mutex_t fs_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -185,7 +131,7 @@ pid_t carom__forkserver_start_child(const unsigned char *msg, size_t msg_len, in
   forget_if_forked_locked();
   for (int attempt = 0; attempt < 2; attempt++) {
     if (fs_cmd < 0 && (rc = server_start_locked())) break;
-    rc = send_with_fd(fs_cmd, "F", 1, sv[1]);
+    rc = carom__send_fds(fs_cmd, "F", 1, &sv[1], 1);
     if (rc != -EPIPE && rc != -ECONNRESET) break;
     server_reap_locked(); /* the server died: start a new one once */
   }
@@ -193,7 +139,7 @@ pid_t carom__forkserver_start_child(const unsigned char *msg, size_t msg_len, in
   close(sv[1]);
   int32_t pid = 0;
   int fd = -1;
-  if (rc == 0) rc = recv_with_fd(sv[0], &pid, sizeof pid, &fd);
+  if (rc == 0) rc = carom__recv_fds(sv[0], &pid, sizeof pid, &fd, 1);
   if (rc == CAROM_EEOF) rc = -EPIPE; /* the server died after our request */
   if (rc == 0 && pid < 0) rc = pid;  /* its fork() failed */
   if (rc == 0) {
@@ -242,7 +188,7 @@ static void server_fork(int cmd, int chan, fs_child_t **kids, size_t *n, size_t 
     fs_child_t *k = realloc(*kids, c * sizeof *k);
     if (!k) {
       int32_t err = -ENOMEM;
-      send_with_fd(chan, &err, sizeof err, -1);
+      carom__send_fds(chan, &err, sizeof err, NULL, 0);
       close(chan);
       return;
     }
@@ -253,7 +199,7 @@ static void server_fork(int cmd, int chan, fs_child_t **kids, size_t *n, size_t 
   bool use_pidfd = carom__use_pidfd();
   if (!use_pidfd && pipe2(dp, O_CLOEXEC) != 0) {
     int32_t err = -errno;
-    send_with_fd(chan, &err, sizeof err, -1);
+    carom__send_fds(chan, &err, sizeof err, NULL, 0);
     close(chan);
     return;
   }
@@ -273,14 +219,15 @@ static void server_fork(int cmd, int chan, fs_child_t **kids, size_t *n, size_t 
   if (pid < 0) {
     int32_t err = -errno;
     if (dp[0] >= 0) close(dp[0]);
-    send_with_fd(chan, &err, sizeof err, -1);
+    carom__send_fds(chan, &err, sizeof err, NULL, 0);
     close(chan);
     return;
   }
   int sentinel = dp[0];
   if (use_pidfd) sentinel = carom__pidfd_open(pid); /* our child: not reaped yet, exact */
   int32_t p32 = pid;
-  send_with_fd(chan, &p32, sizeof p32, use_pidfd && sentinel >= 0 ? sentinel : -1);
+  int pass = use_pidfd && sentinel >= 0 ? sentinel : -1;
+  carom__send_fds(chan, &p32, sizeof p32, &pass, pass >= 0);
   if (sentinel < 0) { /* cannot watch it: wait for it now */
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
@@ -346,7 +293,7 @@ void carom__forkserver_main(int cmd) {
     if (pf[0].revents) {
       char c;
       int chan;
-      int rc = recv_with_fd(cmd, &c, 1, &chan);
+      int rc = carom__recv_fds(cmd, &c, 1, &chan, 1);
       if (rc) _exit(0); /* EOF: the parent is gone or done with us */
       if (chan >= 0) server_fork(cmd, chan, &kids, &n, &cap);
     }

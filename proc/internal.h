@@ -78,6 +78,13 @@ int carom__boot_read(int fd, carom__boot_t *b, unsigned char **buf);
 /* Send buf fully on a socket (MSG_NOSIGNAL). 0 or -errno. */
 int carom__send_all(int fd, const void *buf, size_t len);
 int carom__recv_all(int fd, void *buf, size_t len);
+/* sendmsg of len bytes carrying nfds (<= 4) descriptors as SCM_RIGHTS.
+ * 0 or -errno. */
+int carom__send_fds(int sock, const void *data, size_t len, const int *fds, int nfds);
+/* Receive exactly len bytes; fds[0..nfds) get the passed descriptors in
+ * order (CLOEXEC), -1 where fewer came; extra ones are closed. 0, CAROM_EEOF
+ * or -errno (then no descriptor is kept). */
+int carom__recv_fds(int sock, void *data, size_t len, int *fds, int nfds);
 /* Resolve fn into a reference that survives exec. 0, -EINVAL (address not in
  * any loaded object). */
 int carom__target_ref_make(carom_process_fn fn, const char *entry, carom__target_ref_t *ref);
