@@ -238,31 +238,33 @@ int bench_run_capture(char *const argv[], double timeout_s, char *out, size_t n)
     size_t take = (size_t)got < room ? (size_t)got : room;
     memcpy(out + len, buf, take);
     len += take;
-    out[len] = 0;
+    if (n) out[len] = 0;
   }
   close(p[0]);
-  if (pidfd >= 0) close(pidfd);
-  if (timed_out || exited) kill(-pid, SIGKILL); /* the peer's leftovers too */
-  int st = 0;
-  /* After EOF the child normally exits at once; bound the wait anyway. */
-  for (;;) {
-    pid_t w = waitpid(pid, &st, timed_out ? 0 : WNOHANG);
-    if (w == pid) break;
-    if (w < 0 && errno != EINTR) return -errno;
-    if (w == 0) {
-      if (bench_now_ns() >= deadline) {
-        timed_out = true;
-        kill(-pid, SIGKILL);
-        continue;
+  /* Wait (bounded) for the peer's exit without reaping it, so that its pid,
+   * and so its process group id, cannot be reused; then kill what is left in
+   * the group (the peer itself on a timeout, its leftovers otherwise) and
+   * reap. */
+  while (!exited && !timed_out) {
+    siginfo_t si = {0};
+    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid) {
+      exited = true;
+    } else if (bench_now_ns() >= deadline) {
+      timed_out = true;
+    } else {
+      struct pollfd pf = {.fd = pidfd, .events = POLLIN};
+      if (pidfd < 0 || poll(&pf, 1, 1) < 0) { /* no pidfd: poll the status every ms */
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
       }
-      struct timespec ts = {0, 1000000};
-      nanosleep(&ts, NULL);
     }
   }
-  if (timed_out) {
-    kill(-pid, SIGKILL); /* stragglers in the group */
-    return -ETIMEDOUT;
+  if (pidfd >= 0) close(pidfd);
+  kill(-pid, SIGKILL);
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
   }
+  if (timed_out) return -ETIMEDOUT;
   if (WIFEXITED(st)) return WEXITSTATUS(st);
   return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }

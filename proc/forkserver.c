@@ -225,18 +225,20 @@ static void server_fork(int cmd, int chan, fs_child_t **kids, size_t *n, size_t 
   }
   int sentinel = dp[0];
   if (use_pidfd) sentinel = carom__pidfd_open(pid); /* our child: not reaped yet, exact */
-  int32_t p32 = pid;
-  int pass = use_pidfd && sentinel >= 0 ? sentinel : -1;
-  carom__send_fds(chan, &p32, sizeof p32, &pass, pass >= 0);
-  if (sentinel < 0) { /* cannot watch it: wait for it now */
-    int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  if (sentinel < 0) {
+    /* Cannot watch it (e.g. out of fds): undo the start and say why, rather
+     * than wait for the child here while every other client waits on us. */
+    int32_t err = sentinel; /* -errno of pidfd_open (only a pidfd can fail here) */
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
     }
-    int32_t code = WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? -WTERMSIG(st) : 255;
-    carom__send_all(chan, &code, sizeof code);
+    carom__send_fds(chan, &err, sizeof err, NULL, 0);
     close(chan);
     return;
   }
+  int32_t p32 = pid;
+  int pass = use_pidfd ? sentinel : -1;
+  carom__send_fds(chan, &p32, sizeof p32, &pass, pass >= 0);
   (*kids)[(*n)++] = (fs_child_t){pid, chan, sentinel, use_pidfd};
 }
 

@@ -173,6 +173,7 @@ TEST(Queue, CloseWakesBlockedGetterAndPutterThenDrains) {
     return carom_queue_get(q, buf, sizeof buf, nullptr) == CAROM_ECLOSED ? 0 : 1;
   });
   while (ready->load() != 1) sched_yield();
+  ASSERT_TRUE(wait_until_sleeping(getter));  // blocked in get, not yet there
   carom_queue_close(q);
   EXPECT_EQ(0, reap_code(getter, 10));
   EXPECT_TRUE(carom_queue_closed(q));
@@ -186,6 +187,7 @@ TEST(Queue, CloseWakesBlockedGetterAndPutterThenDrains) {
     return carom_queue_put(q, "b", 1, nullptr) == CAROM_ECLOSED ? 0 : 1;
   });
   while (ready->load() != 2) sched_yield();
+  ASSERT_TRUE(wait_until_sleeping(putter));  // blocked in put on the full queue
   carom_queue_close(q);
   EXPECT_EQ(0, reap_code(putter, 10));
   char buf[8];
@@ -601,9 +603,9 @@ TEST(SimpleQueue, ReaderKilledWhileWaitingLeavesQueueUsable) {
     return 1;
   });
   while (ready->load() != 1) sched_yield();
-  usleep(20000);  // give it time to reach poll(); either way the test holds
+  ASSERT_TRUE(wait_until_sleeping(c));  // waiting in the queue, lock held
   kill(c, SIGKILL);
-  reap(c, 10);
+  EXPECT_EQ(1000 + SIGKILL, reap_code(c, 10));
   ASSERT_EQ(0, carom_simplequeue_put(q, "data", 4));
   char buf[64];
   EXPECT_EQ(4, carom_simplequeue_get(q, buf, sizeof buf));
