@@ -234,18 +234,23 @@ int carom__pool_exec_template(const pool_exec_args_t *a, pid_t *pid_out, int *pi
     return (int)pid;
   }
   if (sentinel >= 0 && sentinel != pidfd) close(sentinel); /* death pipe: we reap it ourselves */
+  /* A program whose start-up never reaches libcarom's constructor must not
+   * hang the creator: every send and read below waits at most
+   * XBOOT_TIMEOUT_MS (a timeout comes back as -EAGAIN: -ETIMEDOUT). */
+  struct timeval tv = {XBOOT_TIMEOUT_MS / 1000, 0};
+  int rc = 0;
+  if (setsockopt(chan, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+      setsockopt(chan, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
+    rc = -errno;
   xhdr_t h = {XHDR_MAGIC, (uint32_t)cfg.len};
   int fds[3] = {a->shmfd, a->evfd, a->tplsock};
-  int rc = carom__send_fds(chan, &h, sizeof h, fds, 3);
+  if (rc == 0) rc = carom__send_fds(chan, &h, sizeof h, fds, 3);
   if (rc == 0) rc = carom__send_all(chan, cfg.p, cfg.len);
+  if (rc == -EAGAIN || rc == -EWOULDBLOCK) rc = -ETIMEDOUT;
   free(cfg.p);
 
   /* The answer: magic, status, then (status 0) the object table or (else)
-   * an error message; a program whose start-up never reaches libcarom's
-   * constructor must not hang the creator (each read waits at most
-   * XBOOT_TIMEOUT_MS). */
-  struct timeval tv = {XBOOT_TIMEOUT_MS / 1000, 0};
-  if (rc == 0 && setsockopt(chan, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) rc = -errno;
+   * an error message. */
   uint32_t rep[3] = {0, 0, 0};
   if (rc == 0) rc = recv_timed(chan, rep, sizeof rep);
   if (rc == 0 && rep[0] != XREP_MAGIC) rc = -EPROTO;

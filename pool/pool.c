@@ -214,6 +214,12 @@ struct carom_pool {
   _Atomic uint32_t backlog, backlog_seq, backlog_waiters;
   unsigned healthy; /* workers that reported READY since the last init failure */
   bool tpl_dead;
+  /* Requests to the template not yet taken by its socket (supervisor only;
+   * before the supervisor starts, the creating thread). Sending never blocks:
+   * a template blocked replying to a supervisor blocked sending would wedge
+   * both (e.g. ~280 spawn requests at once fill the socket). */
+  tpl_req_t *tpl_q;
+  size_t tpl_qn, tpl_qcap;
 };
 
 /* ---------------------------------------------------------- job helpers */
@@ -730,6 +736,36 @@ static bool drain_up(carom_pool_t *p, unsigned i) {
   return any;
 }
 
+/* Send what is queued for the template, without blocking. True when the
+ * queue is empty afterwards. */
+static bool tpl_flush(carom_pool_t *p) {
+  size_t k = 0;
+  while (k < p->tpl_qn && !p->tpl_dead) {
+    ssize_t r = send(p->sock, &p->tpl_q[k], sizeof p->tpl_q[k], MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    k++; /* sent, or the template is gone (handled through its socket's EOF) */
+  }
+  if (p->tpl_dead) k = p->tpl_qn;
+  memmove(p->tpl_q, p->tpl_q + k, (p->tpl_qn - k) * sizeof *p->tpl_q);
+  p->tpl_qn -= k;
+  return p->tpl_qn == 0;
+}
+
+/* A request to the template, in order after any still queued. */
+static void tpl_send(carom_pool_t *p, uint32_t op, unsigned slot, pid_t pid, int sig) {
+  if (p->tpl_dead) return;
+  if (p->tpl_qn == p->tpl_qcap) {
+    size_t cap = p->tpl_qcap ? 2 * p->tpl_qcap : 16;
+    tpl_req_t *q = realloc(p->tpl_q, cap * sizeof *q);
+    if (!q) carom__die("out of memory");
+    p->tpl_q = q;
+    p->tpl_qcap = cap;
+  }
+  p->tpl_q[p->tpl_qn++] = (tpl_req_t){op, slot, pid, sig};
+  tpl_flush(p);
+}
+
 static int spawn_worker(carom_pool_t *p, unsigned i) {
   wslot_t *w = &p->slots[i];
   slot_t *s = pool_slot(p->shm, i);
@@ -747,8 +783,7 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   w->rlen = 0;
   w->sending = false;
   w->exited = w->have_status = false;
-  tpl_req_t q = {TPL_SPAWN, i, 0, 0};
-  if (send(p->sock, &q, sizeof q, MSG_NOSIGNAL) != (ssize_t)sizeof q) return -errno;
+  tpl_send(p, TPL_SPAWN, i, 0, 0);
   w->state = W_SPAWNING;
   w->spawn_sent = carom_now_ns();
   return 0;
@@ -990,8 +1025,7 @@ static void sweep_cancels(carom_pool_t *p) {
       if (f->seq >= started) {
         atomic_store_explicit(&s->cancel[f->seq % CANCEL_RING], f->seq + 1, memory_order_release);
       } else if (atomic_load(&j->term_sig) && w->pid > 0 && !w->stop_sent) {
-        tpl_req_t q = {TPL_KILL, i, w->pid, atomic_load(&j->term_sig)};
-        send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+        tpl_send(p, TPL_KILL, i, w->pid, atomic_load(&j->term_sig));
       }
     }
   }
@@ -1033,8 +1067,7 @@ static uint64_t enforce_limits(carom_pool_t *p, uint64_t now) {
       uint64_t dl = t0 + j->hard_ns;
       if (now >= dl) {
         w->hard_sent = f->seq + 1;
-        tpl_req_t q = {TPL_KILL, i, w->pid, SIGKILL};
-        if (!p->tpl_dead) send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+        tpl_send(p, TPL_KILL, i, w->pid, SIGKILL);
         carom__warn("pool: job %llu exceeded its time limit (%.3f s); killing worker %d",
                     (unsigned long long)j->id, j->hard_ns / 1e9, (int)w->pid);
         if (j->cb.timeout_callback)
@@ -1093,8 +1126,7 @@ static void handle_kill_requests(carom_pool_t *p) {
         flight_t *f = &w->fifo[(w->fifo_head + k) % w->fifo_cap];
         if (f->seq + 1 == started) atomic_store(&f->job->term_sig, reqs[r].sig);
       }
-      tpl_req_t q = {TPL_KILL, i, w->pid, reqs[r].sig};
-      if (!p->tpl_dead) send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+      tpl_send(p, TPL_KILL, i, w->pid, reqs[r].sig);
     }
   }
 }
@@ -1106,8 +1138,7 @@ static void stop_workers(carom_pool_t *p, int sig) {
     wslot_t *w = &p->slots[i];
     if (w->state == W_EMPTY || w->state == W_DEAD || w->stop_sent) continue;
     if (w->state == W_SPAWNING) continue; /* no pid yet: stopped once it has one */
-    tpl_req_t q = {TPL_KILL, i, w->pid, sig};
-    if (!p->tpl_dead) send(p->sock, &q, sizeof q, MSG_NOSIGNAL);
+    tpl_send(p, TPL_KILL, i, w->pid, sig);
     w->stop_sent = true;
   }
 }
@@ -1121,6 +1152,7 @@ static void *supervisor(void *arg) {
   uint64_t last_progress = 0;
   for (;;) {
     bool progress = false;
+    if (p->tpl_qn) tpl_flush(p);
     intake(p);
     uint32_t ce = atomic_load(&p->cancel_epoch);
     if (ce != seen_cancel) {
@@ -1251,7 +1283,7 @@ static void *supervisor(void *arg) {
         ready |= !chan_empty(pool_chan(p->shm, pool_slot(p->shm, i)->up_off));
         ready |= w->fifo_n && atomic_load(&pool_slot(p->shm, i)->started) > w->acc;
       }
-      timeout = ready ? 0 : 100;
+      timeout = ready ? 0 : p->tpl_qn ? 1 : 100; /* queued requests: retry soon */
       if (next_limit != UINT64_MAX) {
         int64_t ms = ((int64_t)next_limit - (int64_t)now + 999999) / 1000000;
         if (ms < timeout) timeout = ms < 0 ? 0 : (int)ms;
@@ -1955,6 +1987,7 @@ void carom_pool_free(carom_pool_t *p) {
   }
   free(p->slots);
   if (p->shm) munmap(p->shm, p->shm_size);
+  free(p->tpl_q);
   carom__pool_objtab_free(p->xtab);
   free(p->initarg_copy);
   pthread_mutex_destroy(&p->xmu);

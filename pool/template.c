@@ -148,6 +148,7 @@ void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_c
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, NULL);
   int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0) _exit(EX_SETUP); /* without it, exits would go unnoticed: fail the pool */
   int keep[] = {sock, ownerfd, sfd, cfg->evfd, cfg->shmfd};
   close_other_fds(keep, 5);
 

@@ -537,6 +537,26 @@ TEST(Pool, CreateDestroyCyclesLeakNothing) {
   check_create_destroy_cycles(nullptr, slow_factor() > 1 ? 200 : 1000);
 }
 
+// Hundreds of spawn requests at once (more than the template socket holds,
+// ~280 here) must not wedge creation: requests queue in the supervisor and
+// go out as the template answers. 600 workers (300 under sanitizers).
+TEST(Pool, HundredsOfWorkersStartWithoutWedging) {
+  const int n = slow_factor() > 1 ? 300 : 600;
+  carom_pool_t *p = make_method_pool(nullptr, n);
+  ASSERT_NE(nullptr, p);
+  int64_t x = 3;
+  void *res;
+  size_t len;
+  ASSERT_EQ(0, carom_pool_apply(p, square, &x, sizeof x, &res, &len));
+  EXPECT_EQ(9, i64(res));
+  free(res);
+  EXPECT_EQ(0, carom_pool_close(p));
+  timespec ts;
+  EXPECT_EQ(0, carom_pool_join(p, carom_deadline(30, &ts)));
+  carom_pool_free(p);
+  expect_no_children();
+}
+
 TEST(Pool, BadArguments) {
   carom_pool_t *p;
   carom_pool_opts_t o = {};
