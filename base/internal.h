@@ -2,8 +2,9 @@
  *
  * Futex wrappers (always shared, never FUTEX_PRIVATE: carom objects live in
  * MAP_SHARED memory), absolute CLOCK_MONOTONIC deadlines, the cached identity
- * of the calling process/thread, liveness of another process, and carom__die()
- * for states that cannot happen.
+ * of the calling process/thread, liveness of another process, waiting on an
+ * fd and whole-buffer fd transfers, and carom__die() for states that cannot
+ * happen.
  */
 #ifndef CAROM_BASE_INTERNAL_H
 #define CAROM_BASE_INTERNAL_H
@@ -71,6 +72,9 @@ bool carom__deadline_passed(const struct timespec *deadline);
  * the caller's deadline. */
 const struct timespec *carom__deadline_cap(const struct timespec *deadline, uint64_t ns,
                                            struct timespec *out);
+/* ppoll's relative timeout for an absolute deadline (NULL for NULL), written
+ * to *rel; returns rel. */
+const struct timespec *carom__timeout_of(const struct timespec *deadline, struct timespec *rel);
 
 /* ---- identity of the caller, cached (refreshed after fork) ---- */
 
@@ -85,6 +89,21 @@ pid_t carom__self_tid(void);
  * reaped and the kernel's pid counter wraps (pid_max), so a caller that polls
  * every few ms cannot mistake a new process for the dead owner in practice. */
 bool carom__pid_alive(pid_t pid);
+
+/* ---- fds (base/io.c): EINTR retried, system calls only ---- */
+
+/* Wait until fd has `events` (or POLLHUP/POLLERR) or the deadline (NULL:
+ * forever; past: look once): 1 ready, 0 deadline, -EBADF, -errno. */
+int carom__poll_fd(int fd, short events, const struct timespec *deadline);
+/* What fd has ready now, without waiting: revents (> 0), 0 none, -errno. */
+int carom__fd_revents(int fd, short events);
+/* Write all len bytes: 0 or -errno. write_all uses write(2) (pipes; SIGPIPE
+ * as usual), send_all send(2) with MSG_NOSIGNAL (sockets: -EPIPE, no signal). */
+int carom__write_all(int fd, const void *buf, size_t len);
+int carom__send_all(int fd, const void *buf, size_t len);
+/* Read exactly len bytes with read(2) (any fd): 0, CAROM_EEOF at end of file
+ * before len bytes, -errno. */
+int carom__recv_all(int fd, void *buf, size_t len);
 
 /* ---- logging shorthands ---- */
 #define carom__debug(...) carom_log(CAROM_LOG_DEBUG, __VA_ARGS__)

@@ -48,10 +48,7 @@ bool carom__pid_alive(pid_t pid) {
    * would call a zombie alive and wedge a parent waiting on its own child. */
   int fd = (int)syscall(SYS_pidfd_open, pid, 0);
   if (fd >= 0) {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    int r;
-    do r = poll(&p, 1, 0);
-    while (r < 0 && errno == EINTR);
+    int r = carom__fd_revents(fd, POLLIN);
     close(fd);
     return r == 0;
   }

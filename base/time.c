@@ -40,3 +40,10 @@ const struct timespec *carom__deadline_cap(const struct timespec *deadline, uint
   carom__ns_ts(cap, out);
   return out;
 }
+
+const struct timespec *carom__timeout_of(const struct timespec *deadline, struct timespec *rel) {
+  if (!deadline) return NULL;
+  uint64_t now = carom_now_ns(), d = carom__ts_ns(deadline);
+  carom__ns_ts(d > now ? d - now : 0, rel);
+  return rel;
+}

@@ -66,26 +66,6 @@ size_t carom__frame_decode(const uint8_t *b, size_t n, uint64_t *len) {
   return CAROM__FRAME_EXT;
 }
 
-/* ---- waiting ---- */
-
-const struct timespec *carom__timeout_of(const struct timespec *deadline, struct timespec *rel) {
-  if (!deadline) return NULL;
-  uint64_t now = carom_now_ns(), d = carom__ts_ns(deadline);
-  carom__ns_ts(d > now ? d - now : 0, rel);
-  return rel;
-}
-
-int carom__poll_fd(int fd, short events, const struct timespec *deadline) {
-  for (;;) {
-    struct timespec rel;
-    struct pollfd p = {.fd = fd, .events = events};
-    int r = ppoll(&p, 1, carom__timeout_of(deadline, &rel), NULL);
-    if (r > 0) return (p.revents & POLLNVAL) ? -EBADF : 1;
-    if (r == 0) return 0;
-    if (errno != EINTR) return -errno;
-  }
-}
-
 /* ---- lifecycle ---- */
 
 #define OPT_HAS(o, field) \

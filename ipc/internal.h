@@ -82,10 +82,6 @@ bool carom__conn_has_message(const carom_conn_t *c);
  * handshake message can exceed CAROM__AUTH_MSG_MAX. */
 ssize_t carom__conn_recv_into(carom_conn_t *c, void *buf, size_t buflen, size_t maxlen,
                               size_t *needed, const struct timespec *deadline);
-/* Wait until fd has `events` or the deadline: 1 ready, 0 deadline, <0 error. */
-int carom__poll_fd(int fd, short events, const struct timespec *deadline);
-/* ppoll's relative timeout for an absolute deadline (NULL for NULL). */
-const struct timespec *carom__timeout_of(const struct timespec *deadline, struct timespec *rel);
 
 /* ---- handshake (auth.c) ---- */
 

@@ -104,36 +104,6 @@ static int lock_or_broken(carom_simplequeue_t *q, carom_lock_t *l, _Atomic uint3
   return 0;
 }
 
-static int write_all(int fd, const void *p, size_t n) {
-  const unsigned char *c = p;
-  while (n) {
-    ssize_t w = write(fd, c, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    c += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-/* 0, CAROM_EEOF at a clean end of stream, or -errno. */
-static int read_all(int fd, void *p, size_t n) {
-  unsigned char *c = p;
-  while (n) {
-    ssize_t r = read(fd, c, n);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (r == 0) return CAROM_EEOF;
-    c += r;
-    n -= (size_t)r;
-  }
-  return 0;
-}
-
 int carom_simplequeue_put(carom_simplequeue_t *q, const void *data, size_t len) {
   if (q->wfd < 0) return CAROM_ECLOSED;
   if (len > q->max_item) return CAROM_EMSGSIZE;
@@ -146,10 +116,10 @@ int carom_simplequeue_put(carom_simplequeue_t *q, const void *data, size_t len) 
     /* One write(): at most PIPE_BUF bytes are written atomically. */
     memcpy(small, &hdr, sizeof hdr);
     if (len) memcpy(small + sizeof hdr, data, len);
-    rc = write_all(q->wfd, small, sizeof hdr + len);
+    rc = carom__write_all(q->wfd, small, sizeof hdr + len);
   } else {
-    rc = write_all(q->wfd, &hdr, sizeof hdr);
-    if (!rc) rc = write_all(q->wfd, data, len);
+    rc = carom__write_all(q->wfd, &hdr, sizeof hdr);
+    if (!rc) rc = carom__write_all(q->wfd, data, len);
   }
   /* A failed write may have left part of a frame in the pipe. */
   if (rc) atomic_store_explicit(&q->sh->broken, 1, memory_order_relaxed);
@@ -166,19 +136,17 @@ ssize_t carom_simplequeue_get(carom_simplequeue_t *q, void *buf, size_t cap) {
   /* Wait for data without consuming any, so a reader killed while waiting
    * leaves the stream intact. */
   if (!q->sh->pending) {
-    struct pollfd p = {.fd = q->rfd, .events = POLLIN};
-    while (poll(&p, 1, -1) < 0) {
-      if (errno != EINTR) {
-        rc = -errno;
-        goto out;
-      }
+    int w = carom__poll_fd(q->rfd, POLLIN, NULL);
+    if (w < 0) {
+      rc = w;
+      goto out;
     }
   }
   atomic_store_explicit(&q->sh->rbusy, 1, memory_order_relaxed);
   if (q->sh->pending) {
     len = q->sh->pending - 1;
   } else {
-    rc = read_all(q->rfd, &len, sizeof len);
+    rc = carom__recv_all(q->rfd, &len, sizeof len);
     if (rc) goto out;
     if (len > q->max_item) { /* cannot come from a carom writer */
       atomic_store_explicit(&q->sh->broken, 1, memory_order_relaxed);
@@ -192,7 +160,7 @@ ssize_t carom_simplequeue_get(carom_simplequeue_t *q, void *buf, size_t cap) {
     goto out;
   }
   q->sh->pending = 0;
-  rc = read_all(q->rfd, buf, len);
+  rc = carom__recv_all(q->rfd, buf, len);
   if (rc == CAROM_EEOF) { /* header without body: a writer died mid-frame */
     atomic_store_explicit(&q->sh->broken, 1, memory_order_relaxed);
     rc = CAROM_EPIPE;
@@ -205,9 +173,7 @@ out:
 
 bool carom_simplequeue_empty(carom_simplequeue_t *q) {
   if (q->rfd < 0) return true;
-  struct pollfd p = {.fd = q->rfd, .events = POLLIN};
-  int r;
-  do r = poll(&p, 1, 0);
-  while (r < 0 && errno == EINTR);
-  return r <= 0 || !(p.revents & POLLIN);
+  /* POLLIN, not POLLHUP alone: a pipe whose writers all closed is empty. */
+  int r = carom__fd_revents(q->rfd, POLLIN);
+  return r <= 0 || !(r & POLLIN);
 }

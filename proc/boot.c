@@ -181,35 +181,6 @@ int carom__boot_encode(const carom__boot_t *b, unsigned char **out, size_t *len)
   return 0;
 }
 
-int carom__send_all(int fd, const void *buf, size_t len) {
-  const char *p = buf;
-  while (len) {
-    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    p += n;
-    len -= (size_t)n;
-  }
-  return 0;
-}
-
-int carom__recv_all(int fd, void *buf, size_t len) {
-  char *p = buf;
-  while (len) {
-    ssize_t n = read(fd, p, len);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (n == 0) return CAROM_EEOF;
-    p += n;
-    len -= (size_t)n;
-  }
-  return 0;
-}
-
 enum { FDS_MAX = 4 };
 
 int carom__send_fds(int sock, const void *data, size_t len, const int *fds, int nfds) {

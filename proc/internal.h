@@ -75,9 +75,6 @@ int carom__boot_encode(const carom__boot_t *b, unsigned char **out, size_t *len)
 /* Read one boot message from fd into *b (strings point into *buf, which the
  * caller frees). 0 or negative errno. */
 int carom__boot_read(int fd, carom__boot_t *b, unsigned char **buf);
-/* Send buf fully on a socket (MSG_NOSIGNAL). 0 or -errno. */
-int carom__send_all(int fd, const void *buf, size_t len);
-int carom__recv_all(int fd, void *buf, size_t len);
 /* sendmsg of len bytes carrying nfds (<= 4) descriptors as SCM_RIGHTS.
  * 0 or -errno. */
 int carom__send_fds(int sock, const void *data, size_t len, const int *fds, int nfds);

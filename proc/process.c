@@ -213,13 +213,7 @@ static void close_fd(int *fd) {
  * Returns true when the process is now ENDED. */
 static bool reap_locked(carom_process_t *p, bool block) {
   if (p->method == CAROM__FORKSERVER) {
-    if (!block) {
-      struct pollfd pf = {.fd = p->sentinel, .events = POLLIN};
-      int r;
-      do r = poll(&pf, 1, 0);
-      while (r < 0 && errno == EINTR);
-      if (r == 0) return false;
-    }
+    if (!block && carom__fd_revents(p->sentinel, POLLIN) == 0) return false;
     int32_t code;
     /* The server writes the exit code, then closes; EOF without a code means
      * the server died: the status is lost (Python reports 255). */
@@ -449,21 +443,12 @@ int carom_process_join(carom_process_t *p, const struct timespec *deadline) {
   if (rc) return rc;
   for (;;) {
     if (poll_ended(p)) return 0;
-    struct timespec rel, *relp = NULL;
-    if (deadline) {
-      uint64_t now = carom_now_ns(), d = carom__ts_ns(deadline);
-      carom__ns_ts(d > now ? d - now : 0, &rel);
-      relp = &rel;
-    }
-    struct pollfd pf = {.fd = p->sentinel, .events = POLLIN};
-    int r = ppoll(&pf, 1, relp, NULL);
-    if (r < 0 && errno != EINTR) return -errno;
+    int r = carom__poll_fd(p->sentinel, POLLIN, deadline);
+    if (r < 0) return r;
     if (r == 0) return -ETIMEDOUT;
-    if (r > 0) {
-      pthread_mutex_lock(&p->mu);
-      if (p->state == CAROM__STARTED) reap_locked(p, true);
-      pthread_mutex_unlock(&p->mu);
-    }
+    pthread_mutex_lock(&p->mu);
+    if (p->state == CAROM__STARTED) reap_locked(p, true);
+    pthread_mutex_unlock(&p->mu);
   }
 }
 
@@ -598,11 +583,10 @@ void carom__proc_exit_handlers(void) {
   }
   while (children) {
     carom_process_t *p = children;
-    struct pollfd pf = {.fd = p->sentinel, .events = POLLIN};
     pthread_mutex_lock(&p->mu);
     while (p->state == CAROM__STARTED && !reap_locked(p, false)) {
       pthread_mutex_unlock(&p->mu);
-      int r = poll(&pf, 1, -1);
+      int r = carom__poll_fd(p->sentinel, POLLIN, NULL);
       pthread_mutex_lock(&p->mu);
       if (r > 0 && p->state == CAROM__STARTED) reap_locked(p, true);
     }
