@@ -2,9 +2,9 @@
  *
  * Futex wrappers (always shared, never FUTEX_PRIVATE: carom objects live in
  * MAP_SHARED memory), absolute CLOCK_MONOTONIC deadlines, the cached identity
- * of the calling process/thread, liveness of another process, waiting on an
- * fd and whole-buffer fd transfers, and carom__die() for states that cannot
- * happen.
+ * of the calling process/thread, pidfd_open and liveness of another process,
+ * waiting on an fd and whole-buffer fd transfers, and carom__die() for states
+ * that cannot happen.
  */
 #ifndef CAROM_BASE_INTERNAL_H
 #define CAROM_BASE_INTERNAL_H
@@ -89,6 +89,16 @@ pid_t carom__self_tid(void);
  * reaped and the kernel's pid counter wraps (pid_max), so a caller that polls
  * every few ms cannot mistake a new process for the dead owner in practice. */
 bool carom__pid_alive(pid_t pid);
+
+/* pidfd_open(pid, 0): the fd, or -errno. After ENOSYS or EPERM (old kernel,
+ * seccomp) it fails with -ENOSYS without a syscall, and carom__use_pidfd()
+ * turns false, so callers take their no-pidfd fallbacks. Every carom
+ * pidfd_open goes through here, so the test switch below reaches them all. */
+int carom__pidfd_open(pid_t pid);
+bool carom__use_pidfd(void);
+/* Test switch: behave as on a kernel without pidfds (true), or detect again
+ * (false). Named for proc/'s tests, which use it. */
+void carom__proc_force_no_pidfd(bool off);
 
 /* ---- fds (base/io.c): EINTR retried, system calls only ---- */
 

@@ -1,5 +1,6 @@
 /* base/self.c — the caller's identity (pid, tid), cached so lock fast paths
- * make no syscall, and the liveness test for another process.
+ * make no syscall, pidfd_open with its no-pidfd switch, and the liveness test
+ * for another process.
  *
  * Invariant: self_pid equals getpid() in every process. fork() through the C
  * library runs the atfork child handler, which resets the caches; raw clone()
@@ -41,18 +42,38 @@ pid_t carom__self_tid(void) {
   return self_tid;
 }
 
+/* ----------------------------------------------------------- pidfd ---- */
+
+static _Atomic int pidfd_mode; /* 0 unknown, 1 works, 2 off */
+
+int carom__pidfd_open(pid_t pid) {
+  if (atomic_load_explicit(&pidfd_mode, memory_order_relaxed) == 2) return -ENOSYS;
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (fd >= 0) return fd;
+  int e = errno;
+  if (e == ENOSYS || e == EPERM) atomic_store_explicit(&pidfd_mode, 2, memory_order_relaxed);
+  return -e;
+}
+
+bool carom__use_pidfd(void) { return atomic_load_explicit(&pidfd_mode, memory_order_relaxed) != 2; }
+void carom__proc_force_no_pidfd(bool off) {
+  atomic_store_explicit(&pidfd_mode, off ? 2 : 0, memory_order_relaxed);
+}
+
+/* -------------------------------------------------------- liveness ---- */
+
 bool carom__pid_alive(pid_t pid) {
   if (pid <= 0) return false;
   if (pid == carom__self_pid()) return true;
   /* A pidfd reports POLLIN once the process has exited, zombie or not; kill(0)
    * would call a zombie alive and wedge a parent waiting on its own child. */
-  int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+  int fd = carom__pidfd_open(pid);
   if (fd >= 0) {
     int r = carom__fd_revents(fd, POLLIN);
     close(fd);
     return r == 0;
   }
-  if (errno == ESRCH) return false;
+  if (fd == -ESRCH) return false;
   /* No pidfd (old kernel, seccomp): fall back to kill(0) plus /proc state. */
   if (kill(pid, 0) != 0 && errno == ESRCH) return false;
   char path[64], buf[256];

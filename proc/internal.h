@@ -113,10 +113,6 @@ void carom__proc_exit_handlers(void);
 /* Serialises carom's own fork() calls against each other, so an fd meant for
  * one child (exec-failure pipe, death pipe) is never inherited by a sibling. */
 extern pthread_mutex_t carom__fork_mu;
-/* pidfd support (tests may switch it off to exercise the fallback). */
-bool carom__use_pidfd(void);
-void carom__proc_force_no_pidfd(bool off);
-int carom__pidfd_open(pid_t pid);
 /* Death pipe fallback: pipe2(O_CLOEXEC); child keeps [1], parent [0]. */
 
 /* ---- spawn.c ---- */

@@ -40,24 +40,6 @@
 
 pthread_mutex_t carom__fork_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* ----------------------------------------------------------- pidfd ---- */
-
-static _Atomic int pidfd_mode; /* 0 unknown, 1 works, 2 off */
-
-int carom__pidfd_open(pid_t pid) {
-  if (atomic_load_explicit(&pidfd_mode, memory_order_relaxed) == 2) return -ENOSYS;
-  int fd = (int)syscall(SYS_pidfd_open, pid, 0);
-  if (fd >= 0) return fd;
-  int e = errno;
-  if (e == ENOSYS || e == EPERM) atomic_store_explicit(&pidfd_mode, 2, memory_order_relaxed);
-  return -e;
-}
-
-bool carom__use_pidfd(void) { return atomic_load_explicit(&pidfd_mode, memory_order_relaxed) != 2; }
-void carom__proc_force_no_pidfd(bool off) {
-  atomic_store_explicit(&pidfd_mode, off ? 2 : 0, memory_order_relaxed);
-}
-
 /* --------------------------------------------------- current process ---- */
 
 static char *cur_name, *cur_identity, *parent_name;
