@@ -80,19 +80,22 @@ static void end_round_locked(carom_barrier_t *b, bool broken) {
   bump_locked(b);
 }
 
+/* The internal lock was taken over from a dead holder (-EOWNERDEAD): the
+ * state may be half-updated, so break the barrier, then mark the lock
+ * consistent. */
+static void repair_locked(carom_barrier_t *b) {
+  end_round_locked(b, true);
+  carom__warn("barrier %p: a process died inside it; barrier broken", (void *)b);
+  carom__lockword_consistent(BF(b, lock_));
+}
+
 /* Take the internal lock. The critical sections are a few stores, so this
- * blocks only briefly unless the holder died; then the state may be
- * half-updated and the barrier is broken. */
+ * blocks only briefly unless the holder died. */
 static void lock_barrier(carom_barrier_t *b) {
   int r = carom__lockword_acquire(BF(b, lock_), NULL, false);
   if (r == 0) return;
   if (r != -EOWNERDEAD) carom__die("barrier %p: internal lock: %d", (void *)b, r);
-  end_round_locked(b, true);
-  carom__warn("barrier %p: a process died inside it; barrier broken", (void *)b);
-  uint32_t v = atomic_load_explicit(BF(b, lock_), memory_order_relaxed);
-  while (!atomic_compare_exchange_weak_explicit(BF(b, lock_), &v, v & ~CAROM__LK_INCONSISTENT,
-                                                memory_order_relaxed, memory_order_relaxed)) {
-  }
+  repair_locked(b);
 }
 
 static void unlock_barrier(carom_barrier_t *b) { carom__lockword_release(BF(b, lock_)); }
@@ -113,17 +116,8 @@ static void check_dead(carom_barrier_t *b) {
   /* tryacquire takes the lock over (and we break the barrier) if its holder
    * died; otherwise it is free or held by a live process. */
   int r = carom__lockword_acquire(BF(b, lock_), NULL, true);
-  if (r == -EOWNERDEAD) {
-    end_round_locked(b, true);
-    carom__warn("barrier %p: a process died inside it; barrier broken", (void *)b);
-    uint32_t v = atomic_load_explicit(BF(b, lock_), memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(BF(b, lock_), &v, v & ~CAROM__LK_INCONSISTENT,
-                                                  memory_order_relaxed, memory_order_relaxed)) {
-    }
-    unlock_barrier(b);
-  } else if (r == 0) {
-    unlock_barrier(b);
-  }
+  if (r == -EOWNERDEAD) repair_locked(b);
+  if (r == 0 || r == -EOWNERDEAD) unlock_barrier(b);
 }
 
 /* Sleep until seq_ moves from s, the deadline, or a poll tick. Returns

@@ -24,6 +24,10 @@ enum {
 int carom__lockword_acquire(_Atomic uint32_t *w, const struct timespec *deadline, bool try_once);
 /* Release a held lock word. 0 or CAROM_ENOTLOCKED. */
 int carom__lockword_release(_Atomic uint32_t *w);
+/* Mark a lock word taken over from a dead owner (-EOWNERDEAD) consistent
+ * again, so its release frees it instead of making it not recoverable.
+ * The caller holds it. 0, or -EINVAL when it was not inconsistent. */
+int carom__lockword_consistent(_Atomic uint32_t *w);
 
 /* Condition support: release every recursion level of an RLock the caller
  * owns, returning the depth in *depth (CAROM_ENOTOWNER if not owned), and

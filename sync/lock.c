@@ -150,7 +150,7 @@ int carom__lockword_release(_Atomic uint32_t *w) {
   return 0;
 }
 
-static int lockword_consistent(_Atomic uint32_t *w) {
+int carom__lockword_consistent(_Atomic uint32_t *w) {
   uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
   do {
     if (!(v & CAROM__LK_INCONSISTENT)) return -EINVAL;
@@ -178,7 +178,9 @@ int carom_lock_tryacquire(carom_lock_t *l) {
 
 int carom_lock_release(carom_lock_t *l) { return carom__lockword_release(CAROM__WORD(&l->word_)); }
 
-int carom_lock_consistent(carom_lock_t *l) { return lockword_consistent(CAROM__WORD(&l->word_)); }
+int carom_lock_consistent(carom_lock_t *l) {
+  return carom__lockword_consistent(CAROM__WORD(&l->word_));
+}
 
 bool carom_lock_locked(const carom_lock_t *l) {
   return (atomic_load_explicit(CAROM__WORD(&l->word_), memory_order_relaxed) &
@@ -236,7 +238,7 @@ int carom_rlock_release(carom_rlock_t *l) {
 
 int carom_rlock_consistent(carom_rlock_t *l) {
   if (!rlock_mine(l)) return CAROM_ENOTOWNER;
-  return lockword_consistent(CAROM__WORD(&l->word_));
+  return carom__lockword_consistent(CAROM__WORD(&l->word_));
 }
 
 bool carom_rlock_is_owned(const carom_rlock_t *l) { return rlock_mine(l); }

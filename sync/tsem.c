@@ -76,10 +76,7 @@ static void tlock(carom_tsem_t *s) {
   }
   TST(s, value_, held >= s->initial_ ? 0 : (uint32_t)(s->initial_ - held));
   reclaim_locked(s);
-  uint32_t v = atomic_load_explicit(TW(s, lock_), memory_order_relaxed);
-  while (!atomic_compare_exchange_weak_explicit(TW(s, lock_), &v, v & ~CAROM__LK_INCONSISTENT,
-                                                memory_order_relaxed, memory_order_relaxed)) {
-  }
+  carom__lockword_consistent(TW(s, lock_));
 }
 
 static void tunlock(carom_tsem_t *s) { carom__lockword_release(TW(s, lock_)); }
