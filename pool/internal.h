@@ -80,6 +80,10 @@ enum {
  * Without it a sleeping supervisor would learn of the start only at its next
  * timed poll (up to 100 ms), and a limit could fire that late. */
 enum { MSG_F_WAKE_ON_START = 1u << 16, MSG_KIND_MASK = 0xffff };
+/* Flag in a MSG_RESULT's kind: every item succeeded with a result of ulen
+ * bytes, so the supervisor keeps only the bytes (item_res_t[] is still sent
+ * but not kept). */
+enum { MSG_F_UNIFORM = 1u << 17 };
 
 /* Header at the start of every message. Down MSG_TASK: header, then
  * uint32_t len[count] padded to 8, then the items' bytes. Up MSG_RESULT:
@@ -87,7 +91,10 @@ enum { MSG_F_WAKE_ON_START = 1u << 16, MSG_KIND_MASK = 0xffff };
  * messages for failed items). */
 typedef struct {
   uint64_t job_id;
-  uint64_t fn;       /* carom_task_fn (down) */
+  union {
+    uint64_t fn;     /* down: the task function (a reference under exec'd methods) */
+    uint64_t ulen;   /* up, with MSG_F_UNIFORM: every item's result length */
+  };
   uint64_t first;    /* index of the first item in the job */
   uint32_t kind;
   uint32_t count;

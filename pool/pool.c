@@ -42,7 +42,6 @@
 #define POOL_MAGIC 0x6361726f6d706f6full
 enum { POOL_RUN = 0, POOL_CLOSE = 1, POOL_TERMINATE = 2 };
 enum { JOB_APPLY = 0, JOB_MAP = 1, JOB_IMAP = 2 };
-enum { CODE_PENDING = 1 }; /* item not finished (codes are <= 0) */
 /* The supervisor spins at most this long after its last progress (a result
  * or a submission may follow at once): a sleeping process costs ~25-55 us to
  * wake here (FLOORS.md), so spinning much longer than a wake-up only takes the
@@ -58,11 +57,24 @@ typedef struct res_block {
   char data[];
 } res_block_t;
 
-typedef struct {
-  int32_t code;
-  uint32_t len;
-  const char *data;
-} item_t;
+/* Results are kept as segments: one per result message (or per run of it
+ * whose items had not already ended), never one record per item, so a map of
+ * a million items stores its results' bytes and little else. A segment lies
+ * within one chunk (items [c * chunksize, (c + 1) * chunksize)), and chunk c's
+ * segments form a list the supervisor publishes with a release store of its
+ * head; a reader finds item i in the list of chunk i / chunksize. */
+enum { SEG_VAR = 0, SEG_UNIFORM = 1, SEG_CONST = 2 };
+
+typedef struct seg {
+  struct seg *next; /* older segment of the same chunk */
+  size_t first, count;
+  int mode;
+  int32_t code;            /* SEG_CONST: every item's code */
+  uint64_t len;            /* SEG_UNIFORM: each item's length; SEG_CONST: the message's */
+  const char *data;        /* item k's bytes: data + off[k] (VAR), + k * len (UNIFORM) */
+  const item_res_t *res;   /* SEG_VAR: per item code and length */
+  const uint64_t *off;     /* SEG_VAR: per item offset into data */
+} seg_t;
 
 /* A range of items to (re)dispatch. */
 typedef struct redo {
@@ -95,19 +107,22 @@ struct carom_job {
   bool pending;      /* on the pending list */
   bool accept_cb_done;
 
+  /* supervisor only: items that have ended (bitmap) */
+  uint64_t *ended;
+  size_t ndone;
+  res_block_t *blocks; /* result bytes and segments, freed with the job */
+  /* read by callers without a lock: chunk c's newest segment */
+  _Atomic(seg_t *) *segs;
+
   /* shared with callers, under mu */
   pthread_mutex_t mu;
-  item_t *items;
-  res_block_t *blocks;
-  size_t ndone;
   int first_error;
   size_t *order; /* completion order (imap unordered); entries below norder_pub are final */
   unsigned *attempts; /* per item: re-runs after lost workers (worker_lost_retries) */
   size_t norder;
-  /* Readers take items without the mutex: an item is final once its code is
-   * not CODE_PENDING (stored with release after its data and length), and
-   * order[] entries below norder_pub (release) are final. Consumers claim
-   * the next item by CAS. */
+  /* Readers take items without the mutex: an item is final once a segment
+   * covering it is published (release), and order[] entries below norder_pub
+   * (release) are final. Consumers claim the next item by CAS. */
   _Atomic size_t norder_pub, next_unordered, next_ordered;
   pid_t pids[MAX_JOB_PIDS];
   int npids;
@@ -254,16 +269,19 @@ static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const s
     if (items[i].iov_len > UINT32_MAX - 4096) return NULL;
     total += items[i].iov_len;
   }
-  size_t head = sizeof(carom_job_t);
-  size_t off_items = (head + 15) & ~(size_t)15;
-  size_t off_inoff = off_items + n * sizeof(item_t);
+  size_t cs = chunksize ? chunksize : 1;
+  size_t nchunks = n / cs + (n % cs ? 1 : 0);
+  size_t nwords = (n + 63) / 64;
+  size_t off_segs = (sizeof(carom_job_t) + 15) & ~(size_t)15;
+  size_t off_ended = off_segs + nchunks * sizeof(seg_t *);
+  size_t off_inoff = off_ended + nwords * sizeof(uint64_t);
   size_t off_inlen = off_inoff + (borrow ? 0 : (n + 1) * sizeof(uint64_t));
   size_t off_in = off_inlen + (borrow ? 0 : ((n * sizeof(uint32_t) + 15) & ~(size_t)15));
   carom_job_t *j = malloc(off_in + (borrow ? 0 : total) + 1);
   if (!j) return NULL;
-  memset(j, 0, sizeof *j);
-  j->items = (item_t *)((char *)j + off_items);
-  for (size_t i = 0; i < n; i++) j->items[i] = (item_t){CODE_PENDING, 0, NULL};
+  memset(j, 0, off_inoff);
+  j->segs = (_Atomic(seg_t *) *)((char *)j + off_segs);
+  j->ended = (uint64_t *)((char *)j + off_ended);
   if (borrow) {
     j->uitems = items;
   } else {
@@ -285,7 +303,7 @@ static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const s
   j->kind = kind;
   j->fn = fn;
   j->n = n;
-  j->chunksize = chunksize ? chunksize : 1;
+  j->chunksize = cs;
   if (cb) j->cb = *cb;
   double soft = j->cb.soft_timeout != 0 ? j->cb.soft_timeout : p->opts.soft_timeout;
   double hard = j->cb.timeout != 0 ? j->cb.timeout : p->opts.timeout;
@@ -314,29 +332,94 @@ static void job_wake(carom_job_t *j) {
     carom__futex_wake(&j->done, INT_MAX);
 }
 
-/* Record results for items [first, first+count) (under the supervisor).
- * Returns true when that finished the job. */
-static bool job_store(carom_job_t *j, size_t first, size_t count, const item_res_t *res,
-                      const char *data, res_block_t *block) {
-  pthread_mutex_lock(&j->mu);
-  if (block) {
-    block->next = j->blocks;
-    j->blocks = block;
-  }
-  const char *d = data;
-  for (size_t k = 0; k < count; k++) {
-    size_t i = first + k;
-    if (j->items[i].code != CODE_PENDING) { /* already ended (cancelled) */
-      d += res[k].len;
-      continue;
+/* Memory that lives as long as the job (result bytes, segments). */
+static void *job_alloc(carom_job_t *j, size_t bytes) {
+  res_block_t *b = malloc(sizeof *b + bytes);
+  if (!b) carom__die("out of memory");
+  b->next = j->blocks;
+  j->blocks = b;
+  return b->data;
+}
+
+/* ended-bitmap helpers (supervisor only) */
+/* First index in [i, end) whose bit equals `set`, or end. */
+static size_t bit_scan(const uint64_t *w, size_t i, size_t end, bool set) {
+  while (i < end) {
+    uint64_t word = set ? w[i / 64] : ~w[i / 64];
+    word >>= i % 64;
+    if (word) {
+      size_t r = i + (size_t)__builtin_ctzll(word);
+      return r < end ? r : end;
     }
-    j->items[i].len = res[k].len;
-    j->items[i].data = d;
-    __atomic_store_n(&j->items[i].code, res[k].code, __ATOMIC_RELEASE);
-    d += res[k].len;
-    if (res[k].code < 0 && j->first_error == 0) j->first_error = res[k].code;
-    if (j->order) j->order[j->norder++] = i;
-    j->ndone++;
+    i = (i / 64 + 1) * 64;
+  }
+  return end;
+}
+
+static void bit_set_range(uint64_t *w, size_t i, size_t end) {
+  for (; i < end && i % 64; i++) w[i / 64] |= 1ull << (i % 64);
+  for (; i + 64 <= end; i += 64) w[i / 64] = ~0ull;
+  for (; i < end; i++) w[i / 64] |= 1ull << (i % 64);
+}
+
+/* Publish `proto` for items [a, b) (proto->first is the index its res/off
+ * arrays and data start at), one segment per chunk the range touches. */
+static void job_publish(carom_job_t *j, const seg_t *proto, size_t a, size_t b) {
+  while (a < b) {
+    size_t c = a / j->chunksize;
+    size_t end = (c + 1) * j->chunksize;
+    if (end > b) end = b;
+    seg_t *sg = job_alloc(j, sizeof *sg);
+    *sg = *proto;
+    size_t skip = a - proto->first;
+    if (sg->mode == SEG_VAR) {
+      sg->res += skip;
+      sg->off += skip;
+    } else if (sg->mode == SEG_UNIFORM) {
+      sg->data += skip * sg->len;
+    }
+    sg->first = a;
+    sg->count = end - a;
+    sg->next = atomic_load_explicit(&j->segs[c], memory_order_relaxed);
+    atomic_store_explicit(&j->segs[c], sg, memory_order_release);
+    a = end;
+  }
+}
+
+/* Record results for items [first, first+count) (under the supervisor): as
+ * described by `proto` (mode, code/len, data, res), for every item that has
+ * not already ended (cancelled, terminated: the first end wins). Returns true
+ * when that finished the job. */
+static bool job_store(carom_job_t *j, size_t first, size_t count, seg_t *proto) {
+  size_t end = first + count;
+  proto->first = first;
+  if (proto->mode == SEG_VAR) { /* offsets of each item's bytes */
+    uint64_t *off = job_alloc(j, count * sizeof *off);
+    uint64_t o = 0;
+    for (size_t k = 0; k < count; k++) {
+      off[k] = o;
+      o += proto->res[k].len;
+    }
+    proto->off = off;
+  }
+  pthread_mutex_lock(&j->mu);
+  size_t a = bit_scan(j->ended, first, end, false);
+  while (a < end) {
+    size_t b = bit_scan(j->ended, a, end, true);
+    job_publish(j, proto, a, b);
+    bit_set_range(j->ended, a, b);
+    j->ndone += b - a;
+    if (j->first_error == 0) {
+      if (proto->mode == SEG_CONST && proto->code < 0) {
+        j->first_error = proto->code;
+      } else if (proto->mode == SEG_VAR) {
+        for (size_t i = a; i < b && j->first_error == 0; i++)
+          if (proto->res[i - first].code < 0) j->first_error = proto->res[i - first].code;
+      }
+    }
+    if (j->order)
+      for (size_t i = a; i < b; i++) j->order[j->norder++] = i;
+    a = bit_scan(j->ended, b, end, false);
   }
   bool fin = j->ndone == j->n;
   if (j->order) atomic_store_explicit(&j->norder_pub, j->norder, memory_order_release);
@@ -348,20 +431,14 @@ static bool job_store(carom_job_t *j, size_t first, size_t count, const item_res
 }
 
 /* End items [first, first+count) that are still pending with one code and a
- * message (each item gets its own copy, kept in a block of the job). */
+ * message (one copy of the message, shared by the items). */
 static bool job_fail_range(carom_job_t *j, size_t first, size_t count, int code,
                            const char *msg) {
   size_t mlen = strlen(msg) + 1;
-  res_block_t *blk = malloc(sizeof *blk + count * mlen);
-  item_res_t *res = malloc(count * sizeof *res);
-  if (!blk || !res) carom__die("out of memory failing a job");
-  for (size_t k = 0; k < count; k++) {
-    res[k] = (item_res_t){code, (uint32_t)mlen};
-    memcpy(blk->data + k * mlen, msg, mlen);
-  }
-  bool fin = job_store(j, first, count, res, blk->data, blk);
-  free(res);
-  return fin;
+  char *m = job_alloc(j, mlen);
+  memcpy(m, msg, mlen);
+  seg_t proto = {.mode = SEG_CONST, .code = code, .len = mlen, .data = m};
+  return job_store(j, first, count, &proto);
 }
 
 /* ------------------------------------------------------------- callbacks */
@@ -646,7 +723,7 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
   wslot_t *w = &p->slots[i];
   msg_t h;
   memcpy(&h, msg, sizeof h);
-  if (h.kind == MSG_READY) {
+  if ((h.kind & MSG_KIND_MASK) == MSG_READY) {
     if (w->state == W_STARTING) {
       w->state = W_UP;
       p->init_failures = 0;
@@ -675,21 +752,26 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
   j->inflight--;
   const item_res_t *res = (const item_res_t *)(msg + sizeof h);
   const char *data = msg + sizeof h + count * sizeof(item_res_t);
-  if (!block) {
-    /* Zero-copy frame: copy the data part out of the ring. */
-    size_t dlen = len - (size_t)(data - msg);
-    size_t rlen = count * sizeof(item_res_t);
-    block = malloc(sizeof *block + rlen + dlen);
-    if (!block) carom__die("out of memory");
-    memcpy(block->data, res, rlen);
-    memcpy(block->data + rlen, data, dlen);
-    res = (const item_res_t *)block->data;
-    data = block->data + rlen;
+  bool uniform = h.kind & MSG_F_UNIFORM;
+  size_t dlen = len - (size_t)(data - msg);
+  if (block) { /* a reassembled message: it becomes the job's */
+    block->next = j->blocks;
+    j->blocks = block;
+  } else { /* zero-copy frame: copy out of the ring what the job keeps */
+    size_t rlen = uniform ? 0 : count * sizeof(item_res_t);
+    char *keep = job_alloc(j, rlen + dlen);
+    memcpy(keep, res, rlen);
+    memcpy(keep + rlen, data, dlen);
+    res = (const item_res_t *)keep;
+    data = keep + rlen;
   }
   if (h.seq >= w->acc) /* finished before we saw it start */
     job_accepted_by(j, w->pid,
                     atomic_load_explicit(&pool_slot(p->shm, i)->started_ns, memory_order_relaxed));
-  if (job_store(j, first, count, res, data, block)) job_finish(p, j);
+  seg_t proto = {.mode = uniform ? SEG_UNIFORM : SEG_VAR, .len = h.ulen, .data = data,
+                 .res = uniform ? NULL : res};
+  if (uniform && h.ulen * count != dlen) carom__die("pool: bad uniform result (slot %u)", i);
+  if (job_store(j, first, count, &proto)) job_finish(p, j);
 }
 
 /* Read everything the worker in slot i has published. */
@@ -1765,12 +1847,39 @@ size_t carom_job_count(carom_job_t *j) { return j->n; }
 
 uint64_t carom_job_id(carom_job_t *j) { return j->id; }
 
-/* Item i if it has ended (see norder_pub): its code, data and length. */
+/* The published segment holding item i, or NULL while it has not ended. */
+static const seg_t *item_seg(carom_job_t *j, size_t i) {
+  const seg_t *sg = atomic_load_explicit(&j->segs[i / j->chunksize], memory_order_acquire);
+  while (sg && i - sg->first >= sg->count) sg = sg->next;
+  return sg;
+}
+
+/* Item i if it has ended: its code, data and length. */
 static int item_read(carom_job_t *j, size_t i, const void **data, size_t *len) {
-  int32_t code = __atomic_load_n(&j->items[i].code, __ATOMIC_ACQUIRE);
-  if (code == CODE_PENDING) return CAROM_ENOTREADY;
-  if (data) *data = j->items[i].data;
-  if (len) *len = j->items[i].len;
+  const seg_t *sg = item_seg(j, i);
+  if (!sg) return CAROM_ENOTREADY;
+  size_t k = i - sg->first;
+  const char *d;
+  size_t l;
+  int code;
+  switch (sg->mode) {
+  case SEG_VAR:
+    code = sg->res[k].code;
+    l = sg->res[k].len;
+    d = sg->data + sg->off[k];
+    break;
+  case SEG_UNIFORM:
+    code = 0;
+    l = sg->len;
+    d = sg->data + k * sg->len;
+    break;
+  default:
+    code = sg->code;
+    l = sg->len;
+    d = sg->data;
+  }
+  if (data) *data = d;
+  if (len) *len = l;
   return code;
 }
 
@@ -1786,7 +1895,7 @@ int carom_job_next(carom_job_t *j, const struct timespec *deadline, size_t *inde
     uint32_t seen = atomic_load(&j->progress);
     if (by_index) {
       size_t k = atomic_load_explicit(&j->next_ordered, memory_order_relaxed);
-      while (k < j->n && __atomic_load_n(&j->items[k].code, __ATOMIC_ACQUIRE) != CODE_PENDING) {
+      while (k < j->n && item_seg(j, k)) {
         if (atomic_compare_exchange_weak_explicit(&j->next_ordered, &k, k + 1,
                                                   memory_order_relaxed, memory_order_relaxed)) {
           if (index) *index = k;

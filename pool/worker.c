@@ -18,9 +18,14 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
-struct carom_task_ctx {
-  char *buf; /* result bytes of the running item */
+typedef struct {
+  char *p;
   size_t len, cap;
+} gbuf_t;
+
+struct carom_task_ctx {
+  gbuf_t *out;  /* the result message being built */
+  size_t start; /* where the running item's result bytes begin in it */
   char err[ERRMSG_MAX];
   bool has_err;
   slot_t *slot;
@@ -50,11 +55,6 @@ void carom_task_on_soft_timeout(carom_task_ctx_t *ctx, void (*hook)(void *), voi
   ctx->hook = hook;
 }
 
-typedef struct {
-  char *p;
-  size_t len, cap;
-} gbuf_t;
-
 static int gbuf_reserve(gbuf_t *b, size_t extra) {
   if (b->len + extra <= b->cap) return 0;
   size_t cap = b->cap ? b->cap : 4096;
@@ -66,17 +66,12 @@ static int gbuf_reserve(gbuf_t *b, size_t extra) {
   return 0;
 }
 
+/* Result bytes go straight into the result message: one copy, not two. */
 int carom_task_return(carom_task_ctx_t *ctx, const void *data, size_t len) {
-  if (ctx->len + len > ctx->cap) {
-    size_t cap = ctx->cap ? ctx->cap : 256;
-    while (cap < ctx->len + len) cap *= 2;
-    char *p = realloc(ctx->buf, cap);
-    if (!p) return -ENOMEM;
-    ctx->buf = p;
-    ctx->cap = cap;
-  }
-  if (len) memcpy(ctx->buf + ctx->len, data, len);
-  ctx->len += len;
+  gbuf_t *o = ctx->out;
+  if (len > o->cap - o->len && gbuf_reserve(o, len) != 0) return -ENOMEM;
+  if (len) memcpy(o->p + o->len, data, len);
+  o->len += len;
   return 0;
 }
 
@@ -100,6 +95,12 @@ void carom__pool_wake_supervisor(pool_shm_t *h, int evfd) {
 }
 
 enum { WORKER_SPIN = 4000 };
+#define REAP_NS 10000000ull
+
+static void reap_orphans(void) {
+  while (waitpid(-1, NULL, WNOHANG) > 0) {
+  }
+}
 #define WORKER_SPIN_NS 50000ull
 
 /* After consuming from the down chan: the supervisor may wait to write more. */
@@ -125,6 +126,7 @@ static const frame_t *wait_frame(chan_t *c) {
       }
       pool_spin_step(i);
     }
+    reap_orphans();
     atomic_store_explicit(&c->cons_wait, 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst); /* flag before re-check (Dekker with the writer) */
     const frame_t *f = chan_peek(c);
@@ -212,6 +214,7 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
   soft_ctx = &ctx;
   gbuf_t in = {0}, out = {0};
   unsigned done_msgs = 0;
+  uint64_t last_reap = 0;
   uint64_t last_ref = 0;
   carom_task_fn last_fn = NULL;
   for (;;) {
@@ -264,9 +267,12 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     size_t data_off = res_off + (size_t)hdr.count * sizeof(item_res_t);
     if (gbuf_reserve(&out, data_off) != 0) _exit(EX_SETUP);
     out.len = data_off;
+    ctx.out = &out;
+    bool uniform = true;
+    size_t ulen = 0;
     for (uint32_t k = 0; k < hdr.count; k++) {
       atomic_store_explicit(&slot->item, k, memory_order_relaxed);
-      ctx.len = 0;
+      ctx.start = out.len;
       ctx.has_err = false;
       int code;
       if (skip) {
@@ -277,10 +283,9 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
         code = fn(&ctx, item, lens[k]);
       }
       item += lens[k];
-      if (code >= 0 && ctx.len > UINT32_MAX - 4096) /* lengths travel as 32-bit fields */
-        code = carom_task_fail(&ctx, CAROM_EMSGSIZE, "result of %zu bytes is too large", ctx.len);
-      const char *src = ctx.buf;
-      size_t n = ctx.len;
+      size_t n = out.len - ctx.start;
+      if (code >= 0 && n > UINT32_MAX - 4096) /* lengths travel as 32-bit fields */
+        code = carom_task_fail(&ctx, CAROM_EMSGSIZE, "result of %zu bytes is too large", n);
       if (code > 0) code = 0;
       if (code < 0 && code != CAROM_ECANCELLED && carom_task_soft_expired(&ctx)) {
         char why[ERRMSG_MAX];
@@ -289,24 +294,33 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
         ctx.has_err = true;
         code = CAROM_ESOFTTIMELIMIT;
       }
-      if (code < 0) {
+      if (code < 0) { /* the message replaces whatever the task returned */
         if (!ctx.has_err) snprintf(ctx.err, sizeof ctx.err, "%s", carom_strerror(code));
-        src = ctx.err;
+        out.len = ctx.start;
         n = strlen(ctx.err) + 1;
+        if (gbuf_reserve(&out, n) != 0) _exit(EX_SETUP);
+        memcpy(out.p + out.len, ctx.err, n);
+        out.len += n;
       }
-      if (gbuf_reserve(&out, n) != 0) _exit(EX_SETUP);
       item_res_t r = {code, (uint32_t)n};
       memcpy(out.p + res_off + k * sizeof r, &r, sizeof r);
-      if (n) memcpy(out.p + out.len, src, n);
-      out.len += n;
+      if (k == 0) ulen = n;
+      uniform &= code == 0 && n == ulen;
     }
-    msg_t rh = {.job_id = hdr.job_id, .first = hdr.first, .kind = MSG_RESULT,
-                .count = hdr.count, .seq = hdr.seq};
+    msg_t rh = {.job_id = hdr.job_id, .first = hdr.first,
+                .kind = MSG_RESULT | (uniform ? MSG_F_UNIFORM : 0), .count = hdr.count,
+                .seq = hdr.seq};
+    if (uniform) rh.ulen = ulen;
     memcpy(out.p, &rh, sizeof rh);
     ctx.hook = NULL;
     send_up(up, h, cfg->evfd, out.p, out.len);
-    /* Reap what tasks left behind (we are their subreaper). */
-    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    /* Reap what tasks left behind (we are their subreaper): at most every
+     * REAP_NS while messages flow (a wait4 per message cost tiny tasks ~10%
+     * of their rate), and always before sleeping (wait_frame). */
+    uint64_t now = carom_now_ns();
+    if (now - last_reap >= REAP_NS) {
+      reap_orphans();
+      last_reap = now;
     }
     if (zero_copy) {
       chan_consume(down, f);
