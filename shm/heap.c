@@ -515,40 +515,46 @@ static int new_obj(carom_heap_t **h, size_t size, void **p) {
   return rc < 0 ? rc : 0;
 }
 
-int carom_heap_new_sem(carom_heap_t *h, unsigned value, carom_sem_t **out) {
+enum sem_kind { SEM_PLAIN, SEM_BOUNDED, SEM_TRACKED };
+
+/* A Semaphore, BoundedSemaphore or tracked semaphore of `value` in h (or the
+ * default heap): allocated, initialised, freed again if value is refused. */
+static int new_sem(carom_heap_t *h, enum sem_kind kind, unsigned value, void **out) {
   void *p;
-  int rc = new_obj(&h, sizeof(carom_sem_t), &p);
+  int rc = new_obj(&h, kind == SEM_TRACKED ? sizeof(carom_tsem_t) : sizeof(carom_sem_t), &p);
   if (rc) return rc;
-  if ((rc = carom_sem_init(p, value)) < 0) {
+  switch (kind) {
+    case SEM_PLAIN: rc = carom_sem_init(p, value); break;
+    case SEM_BOUNDED: rc = carom_sem_init_bounded(p, value); break;
+    case SEM_TRACKED: rc = carom_tsem_init(p, value); break;
+  }
+  if (rc < 0) {
     carom_heap_free(h, p);
     return rc;
   }
   *out = p;
   return 0;
+}
+
+int carom_heap_new_sem(carom_heap_t *h, unsigned value, carom_sem_t **out) {
+  void *p;
+  int rc = new_sem(h, SEM_PLAIN, value, &p);
+  if (rc == 0) *out = p;
+  return rc;
 }
 
 int carom_heap_new_bounded_sem(carom_heap_t *h, unsigned value, carom_sem_t **out) {
   void *p;
-  int rc = new_obj(&h, sizeof(carom_sem_t), &p);
-  if (rc) return rc;
-  if ((rc = carom_sem_init_bounded(p, value)) < 0) {
-    carom_heap_free(h, p);
-    return rc;
-  }
-  *out = p;
-  return 0;
+  int rc = new_sem(h, SEM_BOUNDED, value, &p);
+  if (rc == 0) *out = p;
+  return rc;
 }
 
 int carom_heap_new_tsem(carom_heap_t *h, unsigned value, carom_tsem_t **out) {
   void *p;
-  int rc = new_obj(&h, sizeof(carom_tsem_t), &p);
-  if (rc) return rc;
-  if ((rc = carom_tsem_init(p, value)) < 0) {
-    carom_heap_free(h, p);
-    return rc;
-  }
-  *out = p;
-  return 0;
+  int rc = new_sem(h, SEM_TRACKED, value, &p);
+  if (rc == 0) *out = p;
+  return rc;
 }
 
 int carom_heap_new_event(carom_heap_t *h, carom_event_t **out) {
