@@ -847,3 +847,127 @@ TEST(Pool, WorkerLostRetriesThenPoisonTask) {
   carom_job_release(j);
   carom_pool_free(p);
 }
+
+namespace {
+
+// Item i (int64): fails when i % 13 == 0, returns i % 17 bytes of (char)i
+// when i % 5 == 0, and 2i + 1 (8 bytes) otherwise.
+int mixed(carom_task_ctx_t *ctx, const void *arg, size_t) {
+  int64_t i = i64(arg);
+  if (i % 13 == 0) return carom_task_fail(ctx, -EDOM, "item %lld refused", (long long)i);
+  if (i % 5 == 0) {
+    std::string s(static_cast<size_t>(i % 17), static_cast<char>(i));
+    return carom_task_return(ctx, s.data(), s.size());
+  }
+  int64_t r = 2 * i + 1;
+  return carom_task_return(ctx, &r, sizeof r);
+}
+
+void expect_mixed(carom_job_t *j, size_t i) {
+  const void *d;
+  size_t len;
+  int rc = carom_job_item(j, i, &d, &len);
+  if (i % 13 == 0) {
+    ASSERT_EQ(-EDOM, rc) << i;
+    EXPECT_EQ("item " + std::to_string(i) + " refused", std::string(static_cast<const char *>(d)));
+  } else if (i % 5 == 0) {
+    ASSERT_EQ(0, rc) << i;
+    EXPECT_EQ(std::string(i % 17, static_cast<char>(i)),
+              std::string(static_cast<const char *>(d), len));
+  } else {
+    ASSERT_EQ(0, rc) << i;
+    ASSERT_EQ(8u, len);
+    EXPECT_EQ(static_cast<int64_t>(2 * i + 1), i64(d));
+  }
+}
+
+// Shared with workers: item 0 of `gated` waits for this flag (bounded).
+volatile int *g_gate = static_cast<volatile int *>(shared_alloc(4096));
+
+int gated(carom_task_ctx_t *ctx, const void *arg, size_t len) {
+  if (i64(arg) == 0) {
+    for (int k = 0; k < 100000 && !__atomic_load_n(g_gate, __ATOMIC_ACQUIRE); k++) usleep(100);
+  }
+  return carom_task_return(ctx, arg, len);
+}
+
+}  // namespace
+
+// Results of every shape (uniform chunks, chunks with errors, with lengths
+// that vary) across chunk sizes that do and do not divide the item count.
+TEST(Pool, MixedResultsAcrossChunks) {
+  carom_pool_t *p = make_pool(2);
+  const size_t n = 1000;
+  std::vector<int64_t> v(n);
+  std::vector<iovec> items(n);
+  for (size_t i = 0; i < n; i++) {
+    v[i] = static_cast<int64_t>(i);
+    items[i] = {&v[i], sizeof v[i]};
+  }
+  for (size_t cs : {1, 4, 7, 64, 1000}) {
+    carom_job_t *j;
+    ASSERT_EQ(0, carom_pool_map_async(p, mixed, items.data(), n, cs, nullptr, &j));
+    EXPECT_EQ(-EDOM, carom_job_wait(j, nullptr));
+    EXPECT_EQ(0, carom_job_successful(j));
+    for (size_t i = 0; i < n; i++) expect_mixed(j, i);
+    carom_job_release(j);
+    // The same through imap, unordered: every index exactly once.
+    ASSERT_EQ(0, carom_pool_imap(p, mixed, items.data(), n, cs, false, &j));
+    std::vector<int> seen(n);
+    size_t idx, got = 0;
+    const void *d;
+    size_t len;
+    int rc;
+    while ((rc = carom_job_next(j, nullptr, &idx, &d, &len)) != CAROM_EEOF) {
+      ASSERT_LT(idx, n);
+      seen[idx]++;
+      got++;
+      EXPECT_EQ(idx % 13 == 0 ? -EDOM : 0, rc) << idx;
+    }
+    EXPECT_EQ(n, got);
+    for (size_t i = 0; i < n; i++) EXPECT_EQ(1, seen[i]) << i;
+    carom_job_release(j);
+  }
+  carom_pool_free(p);
+}
+
+// Cancelling a map whose first chunk runs: that chunk's items keep their
+// results (the first end wins), every other item ends cancelled, each once.
+TEST(Pool, CancelledMapKeepsResultsOfTheRunningChunk) {
+  carom_pool_t *p = make_pool(1);
+  const size_t n = 5000, cs = 10;
+  std::vector<int64_t> v(n);
+  std::vector<iovec> items(n);
+  for (size_t i = 0; i < n; i++) {
+    v[i] = static_cast<int64_t>(i);
+    items[i] = {&v[i], sizeof v[i]};
+  }
+  __atomic_store_n(g_gate, 0, __ATOMIC_RELEASE);
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_map_async(p, gated, items.data(), n, cs, nullptr, &j));
+  ASSERT_TRUE(wait_accepted(j));
+  ASSERT_EQ(0, carom_job_cancel(j));
+  __atomic_store_n(g_gate, 1, __ATOMIC_RELEASE);
+  timespec ts;
+  EXPECT_EQ(CAROM_ECANCELLED, carom_job_wait(j, carom_deadline(10, &ts)));
+  size_t ok = 0, cancelled = 0;
+  for (size_t i = 0; i < n; i++) {
+    const void *d;
+    size_t len;
+    int rc = carom_job_item(j, i, &d, &len);
+    if (i < cs) {
+      ASSERT_EQ(0, rc) << i;
+      ASSERT_EQ(8u, len);
+      EXPECT_EQ(static_cast<int64_t>(i), i64(d));
+      ok++;
+    } else {
+      ASSERT_EQ(CAROM_ECANCELLED, rc) << i;
+      EXPECT_STREQ("cancelled", static_cast<const char *>(d));
+      cancelled++;
+    }
+  }
+  EXPECT_EQ(cs, ok);
+  EXPECT_EQ(n - cs, cancelled);
+  carom_job_release(j);
+  carom_pool_free(p);
+}
