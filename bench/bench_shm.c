@@ -11,6 +11,7 @@
 #include "bench.h"
 #include "carom/shm.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,8 +83,10 @@ static const char py_script[] =
     "    assert v.value == 2 * n, v.value\n"
     "    print(2 * n / t)\n";
 
-/* Rate printed by the Python peer, or < 0 if it could not run. */
-static double python_counter2(uint64_t per_proc) {
+/* Rate printed by the Python peer, or < 0 (and *why) if it could not run. The
+ * run is bounded: a wedged peer is killed with its process group. */
+static double python_counter2(uint64_t per_proc, double timeout_s, const char **why) {
+  *why = "python3 multiprocessing run failed";
   char path[] = "/tmp/carom-bench-shm-XXXXXX.py";
   int fd = mkstemps(path, 3);
   if (fd < 0) return -1;
@@ -93,15 +96,14 @@ static double python_counter2(uint64_t per_proc) {
     return -1;
   }
   close(fd);
-  char cmd[256];
-  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %llu", path, (unsigned long long)per_proc);
-  FILE *p = popen(cmd, "r");
-  double rate = -1;
-  if (p) {
-    if (fscanf(p, "%lf", &rate) != 1) rate = -1;
-    if (pclose(p) != 0) rate = -1;
-  }
+  char n[24], out[256];
+  snprintf(n, sizeof n, "%llu", (unsigned long long)per_proc);
+  char *argv[] = {"/usr/bin/python3", path, n, NULL};
+  int rc = bench_run_capture(argv, timeout_s, out, sizeof out);
   unlink(path);
+  double rate = -1;
+  if (rc == -ETIMEDOUT) *why = "peer timed out";
+  else if (rc != 0 || sscanf(out, "%lf", &rate) != 1) rate = -1;
   return rate;
 }
 
@@ -123,9 +125,10 @@ static void shm_counter2(bench_ctx_t *ctx) {
   }
   /* Python is ~100x slower per increment: a smaller count, same shape. */
   const uint64_t pn = bench_scale(ctx, 100000);
-  double r = python_counter2(pn);
+  const char *why;
+  double r = python_counter2(pn, ctx->quick ? 30 : 120, &why);
   if (r < 0) {
-    bench_skip(ctx, "value.counter2.python", "python3 multiprocessing run failed");
+    bench_skip(ctx, "value.counter2.python", why);
     return;
   }
   snprintf(params, sizeof params, "{\"procs\": 2, \"per_proc\": %llu}", (unsigned long long)pn);
