@@ -46,7 +46,8 @@ static void gather(char *dst, const struct iovec *a, size_t na, const struct iov
     }
     size_t take = v->iov_len - off;
     if (take > n) take = n;
-    memcpy(dst, (const char *)v->iov_base + off, take);
+    if (take == 8) memcpy(dst, (const char *)v->iov_base + off, 8); /* inlined: small items */
+    else memcpy(dst, (const char *)v->iov_base + off, take);
     dst += take;
     n -= take;
     off = 0;

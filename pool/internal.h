@@ -80,21 +80,21 @@ enum {
  * Without it a sleeping supervisor would learn of the start only at its next
  * timed poll (up to 100 ms), and a limit could fire that late. */
 enum { MSG_F_WAKE_ON_START = 1u << 16, MSG_KIND_MASK = 0xffff };
-/* Flag in a MSG_RESULT's kind: every item succeeded with a result of ulen
- * bytes, so the supervisor keeps only the bytes (item_res_t[] is still sent
- * but not kept). */
+/* Flag in a message's kind. MSG_TASK: every item is ulen bytes long and the
+ * item lengths are left out. MSG_RESULT: every item succeeded with a result
+ * of ulen bytes, so the supervisor keeps only the bytes (item_res_t[] is
+ * still sent but not kept). */
 enum { MSG_F_UNIFORM = 1u << 17 };
 
 /* Header at the start of every message. Down MSG_TASK: header, then
- * uint32_t len[count] padded to 8, then the items' bytes. Up MSG_RESULT:
+ * uint32_t len[count] padded to 8 (absent with MSG_F_UNIFORM), then the
+ * items' bytes. Up MSG_RESULT:
  * header, then {int32 code; uint32 len}[count], then the results' bytes (error
  * messages for failed items). */
 typedef struct {
   uint64_t job_id;
-  union {
-    uint64_t fn;     /* down: the task function (a reference under exec'd methods) */
-    uint64_t ulen;   /* up, with MSG_F_UNIFORM: every item's result length */
-  };
+  uint64_t fn;       /* down: the task function (a reference under exec'd methods) */
+  uint64_t ulen;     /* with MSG_F_UNIFORM: every item's length (down) or result length (up) */
   uint64_t first;    /* index of the first item in the job */
   uint32_t kind;
   uint32_t count;

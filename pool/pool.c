@@ -94,6 +94,8 @@ struct carom_job {
   char *in;          /* all items' bytes, contiguous (copied jobs) */
   uint64_t *in_off;  /* n + 1 offsets into in */
   uint32_t *in_len;  /* n lengths */
+  bool in_uniform;   /* every item is in_ulen bytes long (lengths not sent) */
+  uint32_t in_ulen;
   const struct iovec *uitems; /* borrowed: the caller's items (blocking map) */
   carom_submit_opts_t cb;
   uint64_t soft_ns, hard_ns; /* limits (0: none) */
@@ -264,11 +266,9 @@ static void job_unref(carom_job_t *j) {
 static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct iovec *items,
                             size_t n, size_t chunksize, const carom_submit_opts_t *cb,
                             bool borrow) {
-  size_t total = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (items[i].iov_len > UINT32_MAX - 4096) return NULL;
-    total += items[i].iov_len;
-  }
+  size_t total = 0; /* lengths were checked by submit_new */
+  if (!borrow)
+    for (size_t i = 0; i < n; i++) total += items[i].iov_len;
   size_t cs = chunksize ? chunksize : 1;
   size_t nchunks = n / cs + (n % cs ? 1 : 0);
   size_t nwords = (n + 63) / 64;
@@ -588,32 +588,38 @@ static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first,
   wslot_t *w = &p->slots[i];
   msg_t h = {.job_id = j->id, .fn = j->wfn, .first = first,
              .kind = MSG_TASK | (j->soft_ns || j->hard_ns || j->cb.accept_callback
-                                     ? MSG_F_WAKE_ON_START : 0),
-             .count = (uint32_t)count, .seq = w->seq};
+                                     ? MSG_F_WAKE_ON_START : 0) |
+                     (j->in_uniform ? MSG_F_UNIFORM : 0),
+             .count = (uint32_t)count, .seq = w->seq, .ulen = j->in_ulen};
   memcpy(w->hdr, &h, sizeof h);
   /* [header][item lengths][0-4 zero bytes to align][item bytes], gathered
    * straight from the job (or the caller's items): no copy besides the one
-   * into the ring. */
+   * into the ring. Items of one length go without the lengths. */
   static const char zeros[8];
-  size_t lens_bytes = count * sizeof(uint32_t);
+  size_t lens_bytes = j->in_uniform ? 0 : count * sizeof(uint32_t);
   size_t pad = ((lens_bytes + 7) & ~(size_t)7) - lens_bytes;
   w->iov[0] = (struct iovec){w->hdr, sizeof h};
   w->iov[2] = (struct iovec){(void *)zeros, pad};
   w->send_items = NULL;
   w->send_nitems = 0;
   if (j->uitems) {
-    if (count > w->lens_cap) {
-      uint32_t *nl = realloc(w->lens, count * sizeof *nl);
-      if (!nl) carom__die("out of memory");
-      w->lens = nl;
-      w->lens_cap = count;
-    }
     size_t bytes = 0;
-    for (size_t k = 0; k < count; k++) {
-      w->lens[k] = (uint32_t)j->uitems[first + k].iov_len;
-      bytes += w->lens[k];
+    if (j->in_uniform) {
+      w->iov[1] = (struct iovec){NULL, 0};
+      bytes = count * (size_t)j->in_ulen;
+    } else {
+      if (count > w->lens_cap) {
+        uint32_t *nl = realloc(w->lens, count * sizeof *nl);
+        if (!nl) carom__die("out of memory");
+        w->lens = nl;
+        w->lens_cap = count;
+      }
+      for (size_t k = 0; k < count; k++) {
+        w->lens[k] = (uint32_t)j->uitems[first + k].iov_len;
+        bytes += w->lens[k];
+      }
+      w->iov[1] = (struct iovec){w->lens, lens_bytes};
     }
-    w->iov[1] = (struct iovec){w->lens, lens_bytes};
     w->iov[3] = (struct iovec){NULL, 0};
     w->send_items = j->uitems + first;
     w->send_nitems = count;
@@ -1694,8 +1700,11 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   *out = NULL;
   if (!pool_mine(p)) return CAROM_EFORKED;
   if (opts && (opts->size == 0 || opts->size > sizeof(carom_submit_opts_t))) return -EINVAL;
-  for (size_t i = 0; i < n; i++) /* lengths travel as 32-bit fields */
+  bool in_uniform = n > 0;
+  for (size_t i = 0; i < n; i++) { /* lengths travel as 32-bit fields */
     if (items[i].iov_len > UINT32_MAX - 4096) return -EMSGSIZE;
+    in_uniform &= items[i].iov_len == items[0].iov_len;
+  }
   carom_submit_opts_t cb = {0};
   if (opts) memcpy(&cb, opts, opts->size);
   if (chunksize == 0 && kind != JOB_APPLY) {
@@ -1720,6 +1729,8 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   carom_job_t *j = job_new(p, kind, fn, items, n, chunksize, opts ? &cb : NULL, borrow);
   if (!j) return -ENOMEM;
   j->wfn = wfn;
+  j->in_uniform = in_uniform;
+  j->in_ulen = in_uniform ? (uint32_t)items[0].iov_len : 0;
   int rc = submit(p, j, cb.nowait);
   if (rc) {
     atomic_store(&j->refs, 1);

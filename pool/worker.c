@@ -249,8 +249,10 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
       }
       fn = last_fn;
     }
+    bool in_uniform = hdr.kind & MSG_F_UNIFORM;
     const uint32_t *lens = (const uint32_t *)(msg + sizeof hdr);
-    const char *item = msg + sizeof hdr + (((size_t)hdr.count * 4 + 7) & ~(size_t)7);
+    const char *item =
+        msg + sizeof hdr + (in_uniform ? 0 : (((size_t)hdr.count * 4 + 7) & ~(size_t)7));
 
     ctx.seq = hdr.seq;
     ctx.hook = NULL;
@@ -280,9 +282,9 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
       } else if (!fn) {
         code = carom_task_fail(&ctx, -ENOENT, "task function not found in the worker's image");
       } else {
-        code = fn(&ctx, item, lens[k]);
+        code = fn(&ctx, item, in_uniform ? hdr.ulen : lens[k]);
       }
-      item += lens[k];
+      item += in_uniform ? hdr.ulen : lens[k];
       size_t n = out.len - ctx.start;
       if (code >= 0 && n > UINT32_MAX - 4096) /* lengths travel as 32-bit fields */
         code = carom_task_fail(&ctx, CAROM_EMSGSIZE, "result of %zu bytes is too large", n);
