@@ -127,11 +127,8 @@ typedef struct {
 } slot_t;
 
 typedef struct {
-  uint64_t magic;
-  uint32_t nslots;
-  uint32_t pad0;
   _Atomic uint32_t sup_sleep; /* the supervisor sleeps in epoll: write evfd */
-  char pad1[CAROM_CACHELINE - 20];
+  char pad1[CAROM_CACHELINE - 4];
 } pool_shm_t;
 
 /* Worker exit codes with a meaning. */

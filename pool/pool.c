@@ -39,7 +39,6 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
-#define POOL_MAGIC 0x6361726f6d706f6full
 enum { POOL_RUN = 0, POOL_CLOSE = 1, POOL_TERMINATE = 2 };
 enum { JOB_APPLY = 0, JOB_MAP = 1, JOB_IMAP = 2 };
 /* The supervisor spins at most this long after its last progress (a result
@@ -86,7 +85,6 @@ struct carom_job {
   _Atomic int refs;
   carom_pool_t *pool; /* valid while the job is not done */
   uint64_t id;
-  int kind;
   bool ordered;
   carom_task_fn fn;
   uint64_t wfn;      /* fn in the workers' image (differs under forkserver/spawn) */
@@ -152,7 +150,6 @@ typedef struct {
   pid_t pid;
   int pidfd;
   uint64_t soft_sent, hard_sent; /* seq + 1 of the message signalled / killed */
-  bool exited;      /* pidfd fired */
   bool stop_sent;   /* we asked it to stop (close/terminate) */
   bool have_status; /* template reported */
   int status;
@@ -300,7 +297,6 @@ static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const s
   atomic_init(&j->refs, 2); /* caller + pool */
   j->pool = p;
   j->id = atomic_fetch_add(&p->next_id, 1) + 1;
-  j->kind = kind;
   j->fn = fn;
   j->n = n;
   j->chunksize = cs;
@@ -870,7 +866,7 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   w->last_result_ns = w->avg_ns = 0;
   w->rlen = 0;
   w->sending = false;
-  w->exited = w->have_status = false;
+  w->have_status = false;
   tpl_send(p, TPL_SPAWN, i, 0, 0);
   w->state = W_SPAWNING;
   w->spawn_sent = carom_now_ns();
@@ -1060,7 +1056,8 @@ static void handle_tpl(carom_pool_t *p) {
       }
       w->pid = r.pid;
       w->state = W_STARTING;
-      w->pidfd = (int)syscall(SYS_pidfd_open, r.pid, 0);
+      w->pidfd = carom__pidfd_open(r.pid);
+      if (w->pidfd < 0) w->pidfd = -1;
       if (w->pidfd >= 0) {
         struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 1000 + r.slot};
         epoll_ctl(p->epfd, EPOLL_CTL_ADD, w->pidfd, &ev);
@@ -1514,9 +1511,6 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
     if (shmfd >= 0) close(shmfd);
     goto fail;
   }
-  pool_shm_t *h = p->shm;
-  h->magic = POOL_MAGIC;
-  h->nslots = p->nslots;
   for (unsigned i = 0; i < p->nslots; i++) {
     slot_t *s = pool_slot(p->shm, i);
     s->down_off = base + 2 * i * chan_sz;
@@ -1572,7 +1566,8 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
     close(sv[1]);
     p->sock = sv[0];
     p->tpl_pid = tpl;
-    p->tpl_pidfd = (int)syscall(SYS_pidfd_open, tpl, 0);
+    p->tpl_pidfd = carom__pidfd_open(tpl);
+    if (p->tpl_pidfd < 0) p->tpl_pidfd = -1;
   }
 
   p->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -2079,13 +2074,28 @@ void carom_pool_free(carom_pool_t *p) {
     if (p->sock >= 0) close(p->sock);
     p->sock = -1;
     if (p->tpl_pid > 0) {
+      /* The template gets up to 2 s to kill its workers and leave. */
       bool gone = false;
       if (p->tpl_pidfd >= 0) {
         struct pollfd pf = {p->tpl_pidfd, POLLIN, 0};
         gone = poll(&pf, 1, 2000) == 1;
+      } else { /* no pidfd: poll its status */
+        uint64_t until = carom_now_ns() + 2000000000ull;
+        while (!gone && carom_now_ns() < until) {
+          pid_t r = waitpid(p->tpl_pid, NULL, WNOHANG);
+          if (r == p->tpl_pid || (r < 0 && errno == ECHILD)) {
+            gone = true;
+            p->tpl_pid = 0;
+          } else {
+            struct timespec ms = {0, 1000000};
+            nanosleep(&ms, NULL);
+          }
+        }
       }
-      if (!gone) kill(p->tpl_pid, SIGKILL);
-      while (waitpid(p->tpl_pid, NULL, 0) < 0 && errno == EINTR) {
+      if (p->tpl_pid > 0) {
+        if (!gone) kill(p->tpl_pid, SIGKILL);
+        while (waitpid(p->tpl_pid, NULL, 0) < 0 && errno == EINTR) {
+        }
       }
     }
   }

@@ -137,8 +137,9 @@ void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_c
    * undoes the three changes below (carom__pool_worker_main). */
   carom__signals_reset(true);
   signal(SIGPIPE, SIG_IGN);
-  int ownerfd = (int)syscall(SYS_pidfd_open, owner, 0);
+  int ownerfd = carom__pidfd_open(owner);
   if (ownerfd < 0) {
+    ownerfd = -1;
     /* No pidfd: fall back to PDEATHSIG, closing the race with getppid. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != owner) _exit(0);

@@ -971,3 +971,46 @@ TEST(Pool, CancelledMapKeepsResultsOfTheRunningChunk) {
   carom_job_release(j);
   carom_pool_free(p);
 }
+
+extern "C" void carom__proc_force_no_pidfd(bool off);
+
+// On a kernel without pidfds the pool learns of deaths from the template
+// alone, and freeing it still waits for the template (bounded) and leaves
+// no child behind.
+TEST(Pool, WorksWithoutPidfds) {
+  carom__proc_force_no_pidfd(true);
+  struct Restore {
+    ~Restore() { carom__proc_force_no_pidfd(false); }
+  } restore;
+  carom_pool_t *p = make_pool(2);
+  ASSERT_NE(nullptr, p);
+  int64_t longarg[2] = {60000, 7};
+  carom_job_t *victim;
+  ASSERT_EQ(0, carom_pool_apply_async(p, sleepy, longarg, sizeof longarg, nullptr, &victim));
+  ASSERT_TRUE(wait_accepted(victim));
+  pid_t pid;
+  ASSERT_EQ(1, carom_job_pids(victim, &pid, 1));
+  ASSERT_EQ(0, kill(pid, SIGKILL));
+  timespec ts;
+  EXPECT_EQ(CAROM_EWORKERLOST, carom_job_wait(victim, carom_deadline(5, &ts)));
+  carom_job_release(victim);
+  std::vector<int64_t> v(1000);
+  std::vector<iovec> items(v.size());
+  for (size_t i = 0; i < v.size(); i++) {
+    v[i] = static_cast<int64_t>(i);
+    items[i] = {&v[i], sizeof v[i]};
+  }
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_map(p, square, items.data(), items.size(), 0, &j));
+  for (size_t i = 0; i < v.size(); i++) {
+    const void *d;
+    size_t n;
+    ASSERT_EQ(0, carom_job_item(j, i, &d, &n));
+    EXPECT_EQ(v[i] * v[i], i64(d));
+  }
+  carom_job_release(j);
+  uint64_t t0 = carom_now_ns();
+  carom_pool_free(p);
+  EXPECT_LT((carom_now_ns() - t0) / 1e9, 3.0 * slow_factor());
+  expect_no_children();
+}
