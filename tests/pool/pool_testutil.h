@@ -1,4 +1,5 @@
-// tests/pool/pool_testutil.h — bounded waits shared by the pool tests.
+// tests/pool/pool_testutil.h — bounded waits (built on testutil.h's
+// wait_until) and checks shared by the pool tests.
 #pragma once
 #include <gtest/gtest.h>
 #include <sched.h>
@@ -16,22 +17,12 @@ namespace carom_test {
 // Wait until a worker has started `job` (its accept is visible); false if
 // that does not happen within timeout_s (scaled by slow_factor()).
 inline bool wait_accepted(carom_job_t *job, double timeout_s = 10) {
-  uint64_t end = carom_now_ns() + (uint64_t)(timeout_s * slow_factor() * 1e9);
-  while (!carom_job_accepted(job)) {
-    if (carom_now_ns() > end) return false;
-    sched_yield();
-  }
-  return true;
+  return wait_until([job] { return carom_job_accepted(job); }, timeout_s);
 }
 
 // Wait until *flag becomes nonzero (set by a child through shared memory).
 inline bool wait_flag(const volatile int *flag, double timeout_s = 10) {
-  uint64_t end = carom_now_ns() + (uint64_t)(timeout_s * slow_factor() * 1e9);
-  while (!*flag) {
-    if (carom_now_ns() > end) return false;
-    sched_yield();
-  }
-  return true;
+  return wait_until([flag] { return *flag != 0; }, timeout_s);
 }
 
 // Task: the int64 argument doubled (fails -EINVAL on another size).

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <poll.h>
+#include <sched.h>
 #include <sys/syscall.h>
 
 namespace carom_test {
@@ -59,6 +60,29 @@ int reap(pid_t pid, double timeout_s) {
   int status = 0;
   waitpid(pid, &status, 0);
   return status;
+}
+
+void ChildGuard::reset(pid_t pid) {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  pid_ = pid;
+}
+
+bool wait_until(const std::function<bool()> &cond, double timeout_s) {
+  uint64_t start = carom_now_ns();
+  uint64_t limit = (uint64_t)(timeout_s * slow_factor() * 1e9);
+  for (;;) {
+    if (cond()) return true;
+    uint64_t waited = carom_now_ns() - start;
+    if (waited > limit) return false;
+    // Yield for the first millisecond (the peer is usually about to set the
+    // flag), then sleep briefly so a slow peer on a busy machine gets the CPU.
+    if (waited < 1000000) sched_yield();
+    else usleep(100);
+  }
 }
 
 int reap_code(pid_t pid, double timeout_s) {
