@@ -81,8 +81,9 @@ TEST(Barrier, RoundsAcrossProcessesIndexesArePermutations) {
 TEST(Barrier, TimeoutBreaksBarrierForOthers) {
   S *s = make_s();
   carom_barrier_init(&s->b, 3, nullptr, nullptr, CAROM_NO_TIMEOUT);
-  pid_t other = fork_child([&] { return carom_barrier_wait(&s->b, nullptr) == CAROM_EBROKEN ? 0 : 1; });
-  ASSERT_TRUE(wait_until_sleeping(other));
+  ChildGuard other(
+      fork_child([&] { return carom_barrier_wait(&s->b, nullptr) == CAROM_EBROKEN ? 0 : 1; }));
+  ASSERT_TRUE(wait_until_sleeping(other.pid()));
   EXPECT_EQ(1u, carom_barrier_n_waiting(&s->b));
   timespec ts;
   uint64_t t0 = carom_now_ns();
@@ -123,20 +124,20 @@ TEST(Barrier, AbortAndResetReleaseWaitersBroken) {
   S *s = make_s();
   carom_barrier_init(&s->b, 4, nullptr, nullptr, CAROM_NO_TIMEOUT);
   for (int phase = 0; phase < 2; phase++) {
-    pid_t kids[3];
+    ChildGuard kids[3];
     for (auto &k : kids)
-      k = fork_child([&] { return carom_barrier_wait(&s->b, nullptr) == CAROM_EBROKEN ? 0 : 1; });
-    for (pid_t k : kids) ASSERT_TRUE(wait_until_sleeping(k));
+      k.reset(fork_child([&] { return carom_barrier_wait(&s->b, nullptr) == CAROM_EBROKEN ? 0 : 1; }));
+    for (auto &k : kids) ASSERT_TRUE(wait_until_sleeping(k.pid()));
     EXPECT_EQ(3u, carom_barrier_n_waiting(&s->b));
     if (phase == 0) {
       carom_barrier_abort(&s->b);
-      for (pid_t k : kids) EXPECT_EQ(0, reap_code(k));
+      for (auto &k : kids) EXPECT_EQ(0, reap_code(k));
       EXPECT_TRUE(carom_barrier_broken(&s->b));
       EXPECT_EQ(CAROM_EBROKEN, carom_barrier_wait(&s->b, nullptr));
       carom_barrier_reset(&s->b);
     } else {
       carom_barrier_reset(&s->b);
-      for (pid_t k : kids) EXPECT_EQ(0, reap_code(k));
+      for (auto &k : kids) EXPECT_EQ(0, reap_code(k));
     }
     EXPECT_FALSE(carom_barrier_broken(&s->b));
     EXPECT_EQ(0u, carom_barrier_n_waiting(&s->b));
@@ -166,14 +167,14 @@ TEST(Barrier, AbortAndResetReleaseWaitersBroken) {
 TEST(Barrier, PartyKilledOthersBreakAfterTimeout) {
   S *s = make_s();
   carom_barrier_init(&s->b, 4, nullptr, nullptr, CAROM_NO_TIMEOUT);
-  pid_t victim = fork_child([&] { return carom_barrier_wait(&s->b, nullptr) >= 0 ? 0 : 1; });
-  ASSERT_TRUE(wait_until_sleeping(victim));
-  pid_t patient = fork_child([&] {
+  ChildGuard victim(fork_child([&] { return carom_barrier_wait(&s->b, nullptr) >= 0 ? 0 : 1; }));
+  ASSERT_TRUE(wait_until_sleeping(victim.pid()));
+  ChildGuard patient(fork_child([&] {
     timespec d;
     return carom_barrier_wait(&s->b, carom_deadline(20, &d)) == CAROM_EBROKEN ? 0 : 1;
-  });
-  ASSERT_TRUE(wait_until_sleeping(patient));
-  kill(victim, SIGKILL);
+  }));
+  ASSERT_TRUE(wait_until_sleeping(patient.pid()));
+  kill(victim.pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(victim));
   timespec ts;
   uint64_t t0 = carom_now_ns();
@@ -197,15 +198,15 @@ static void hang_action(void *arg) {
 TEST(Barrier, ActionRunnerKilledBreaksBarrier) {
   S *s = make_s();
   carom_barrier_init(&s->b, 3, hang_action, s, CAROM_NO_TIMEOUT);
-  pid_t w[2];
+  ChildGuard w[2];
   for (auto &k : w)
-    k = fork_child([&] { return carom_barrier_wait(&s->b, nullptr) == CAROM_EBROKEN ? 0 : 1; });
-  for (pid_t k : w) ASSERT_TRUE(wait_until_sleeping(k));
-  pid_t runner = fork_child([&] { return carom_barrier_wait(&s->b, nullptr); });
-  while (!__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST)) usleep(100);
-  kill(runner, SIGKILL);
+    k.reset(fork_child([&] { return carom_barrier_wait(&s->b, nullptr) == CAROM_EBROKEN ? 0 : 1; }));
+  for (auto &k : w) ASSERT_TRUE(wait_until_sleeping(k.pid()));
+  ChildGuard runner(fork_child([&] { return carom_barrier_wait(&s->b, nullptr); }));
+  ASSERT_TRUE(wait_until([&] { return __atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) == 1; }));
+  kill(runner.pid(), SIGKILL);
   uint64_t t0 = carom_now_ns();
-  for (pid_t k : w) EXPECT_EQ(0, reap_code(k));
+  for (auto &k : w) EXPECT_EQ(0, reap_code(k));
   EXPECT_LT(secs_since(t0), 1.0 * slow_factor());
   EXPECT_EQ(1000 + SIGKILL, reap_code(runner));
   EXPECT_TRUE(carom_barrier_broken(&s->b));
@@ -219,8 +220,9 @@ TEST(Barrier, ActionRunnerKilledBreaksBarrier) {
 TEST(Barrier, ProcessDyingInsideBarrierLockBreaksIt) {
   S *s = make_s();
   carom_barrier_init(&s->b, 3, nullptr, nullptr, CAROM_NO_TIMEOUT);
-  pid_t w = fork_child([&] { return carom_barrier_wait(&s->b, nullptr) == CAROM_EBROKEN ? 0 : 1; });
-  ASSERT_TRUE(wait_until_sleeping(w));
+  ChildGuard w(
+      fork_child([&] { return carom_barrier_wait(&s->b, nullptr) == CAROM_EBROKEN ? 0 : 1; }));
+  ASSERT_TRUE(wait_until_sleeping(w.pid()));
   static_assert(offsetof(carom_barrier_t, lock_) == 0, "lock word first");
   pid_t holder = fork_child([&] {
     return carom_lock_acquire(reinterpret_cast<carom_lock_t *>(&s->b), nullptr);
@@ -261,7 +263,8 @@ static void gated_action(void *arg) {
   S *s = static_cast<S *>(arg);
   if (s->action_runs == 0) {  // hold the first round's action until released
     __atomic_store_n(&s->ready, 1, __ATOMIC_SEQ_CST);
-    while (__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) != 2) usleep(100);
+    if (!wait_until([&] { return __atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) == 2; }))
+      _exit(kChildTimedOut);  // runs in the runner child
   }
   s->action_runs++;
 }
@@ -272,12 +275,12 @@ static void gated_action(void *arg) {
 TEST(Barrier, ArrivalDuringActionJoinsNextRound) {
   S *s = make_s();
   carom_barrier_init(&s->b, 2, gated_action, s, CAROM_NO_TIMEOUT);
-  pid_t first = fork_child([&] { return carom_barrier_wait(&s->b, nullptr); });
-  ASSERT_TRUE(wait_until_sleeping(first));
-  pid_t runner = fork_child([&] { return carom_barrier_wait(&s->b, nullptr); });
-  while (__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) != 1) usleep(100);
-  pid_t late = fork_child([&] { return 10 + carom_barrier_wait(&s->b, nullptr); });
-  ASSERT_TRUE(wait_until_sleeping(late));
+  ChildGuard first(fork_child([&] { return carom_barrier_wait(&s->b, nullptr); }));
+  ASSERT_TRUE(wait_until_sleeping(first.pid()));
+  ChildGuard runner(fork_child([&] { return carom_barrier_wait(&s->b, nullptr); }));
+  ASSERT_TRUE(wait_until([&] { return __atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) == 1; }));
+  ChildGuard late(fork_child([&] { return 10 + carom_barrier_wait(&s->b, nullptr); }));
+  ASSERT_TRUE(wait_until_sleeping(late.pid()));
   EXPECT_EQ(0u, carom_barrier_n_waiting(&s->b));  // the full round is not "waiting"
   __atomic_store_n(&s->ready, 2, __ATOMIC_SEQ_CST);
   EXPECT_EQ(0, reap_code(first));

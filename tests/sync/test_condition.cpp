@@ -65,7 +65,7 @@ static int value_is_3(void *arg) { return static_cast<S *>(arg)->value == 3; }
 // the deadline returns 0; one that stays false returns -ETIMEDOUT on time.
 TEST(Condition, WaitForPredicateAndDeadline) {
   S *s = make_s();
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     for (int i = 1; i <= 3; i++) {
       if (carom_lock_acquire(&s->lock, nullptr)) return 1;
       s->value = i;
@@ -73,7 +73,7 @@ TEST(Condition, WaitForPredicateAndDeadline) {
       carom_lock_release(&s->lock);
     }
     return 0;
-  });
+  }));
   timespec ts;
   ASSERT_EQ(0, carom_lock_acquire(&s->lock, nullptr));
   EXPECT_EQ(0, carom_cond_wait_for(&s->cond, value_is_3, s, carom_deadline(20, &ts)));
@@ -95,13 +95,13 @@ TEST(Condition, RLockDepthReleasedAndRestored) {
   S *s = make_s();
   carom_cond_init_rlock(&s->cond, &s->rlock);
   for (int i = 0; i < 3; i++) ASSERT_EQ(0, carom_rlock_acquire(&s->rlock, nullptr));
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     timespec d;
     if (carom_rlock_acquire(&s->rlock, carom_deadline(10, &d))) return 1;
     s->value = 1;
     if (carom_cond_notify(&s->cond, 1)) return 2;
     return carom_rlock_release(&s->rlock) ? 3 : 0;
-  });
+  }));
   timespec ts;
   while (s->value != 1) {
     int r = carom_cond_wait(&s->cond, carom_deadline(10, &ts));
@@ -183,9 +183,9 @@ TEST(Condition, ExactCountBoundedBufferFourProcesses) {
 // once and the 3 survivors wake (each re-acquires the lock).
 TEST(Condition, TwoOfFiveWaitersKilledSurvivorsWake) {
   S *s = make_s();
-  pid_t kids[5];
+  ChildGuard kids[5];
   for (auto &k : kids)
-    k = fork_child([&] {
+    k.reset(fork_child([&] {
       timespec d;
       if (carom_lock_acquire(&s->lock, nullptr)) return 1;
       while (s->value == 0) {
@@ -194,10 +194,10 @@ TEST(Condition, TwoOfFiveWaitersKilledSurvivorsWake) {
       }
       s->woke++;
       return carom_lock_release(&s->lock) ? 3 : 0;
-    });
-  for (pid_t k : kids) ASSERT_TRUE(wait_until_sleeping(k));
-  kill(kids[0], SIGKILL);
-  kill(kids[2], SIGKILL);
+    }));
+  for (auto &k : kids) ASSERT_TRUE(wait_until_sleeping(k.pid()));
+  kill(kids[0].pid(), SIGKILL);
+  kill(kids[2].pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(kids[0]));
   EXPECT_EQ(1000 + SIGKILL, reap_code(kids[2]));
   ASSERT_EQ(0, carom_lock_acquire(&s->lock, nullptr));
@@ -218,9 +218,9 @@ TEST(Condition, TwoOfFiveWaitersKilledSurvivorsWake) {
 // (lock held); after consistent() the others proceed normally.
 TEST(Condition, NotifierKilledHoldingLockGivesOwnerDead) {
   S *s = make_s();
-  pid_t waiters[3];
+  ChildGuard waiters[3];
   for (auto &w : waiters)
-    w = fork_child([&] {
+    w.reset(fork_child([&] {
       timespec d;
       if (carom_lock_acquire(&s->lock, nullptr)) return 1;
       int r = 0;
@@ -235,20 +235,20 @@ TEST(Condition, NotifierKilledHoldingLockGivesOwnerDead) {
       }
       s->woke++;
       return carom_lock_release(&s->lock) ? 3 : 0;
-    });
-  for (pid_t w : waiters) ASSERT_TRUE(wait_until_sleeping(w));
-  pid_t notifier = fork_child([&] {
+    }));
+  for (auto &w : waiters) ASSERT_TRUE(wait_until_sleeping(w.pid()));
+  ChildGuard notifier(fork_child([&] {
     if (carom_lock_acquire(&s->lock, nullptr)) return 1;
     s->value = 1;
     carom_cond_notify_all(&s->cond);
     __atomic_store_n(&s->ready, 1, __ATOMIC_SEQ_CST);
     pause();  // dies holding the lock
     return 0;
-  });
-  while (!__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST)) usleep(100);
-  kill(notifier, SIGKILL);
+  }));
+  ASSERT_TRUE(wait_until([&] { return __atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) == 1; }));
+  kill(notifier.pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(notifier));
-  for (pid_t w : waiters) EXPECT_EQ(0, reap_code(w));
+  for (auto &w : waiters) EXPECT_EQ(0, reap_code(w));
   EXPECT_EQ(103u, s->woke);  // exactly one recovered, all three woke
   EXPECT_FALSE(carom_lock_locked(&s->lock));
   shared_free(s, sizeof *s);
@@ -270,14 +270,14 @@ TEST(Condition, DifferentMappingAddresses) {
   S *sa = static_cast<S *>(a), *sb = static_cast<S *>(b);
   carom_lock_init(&sa->lock);
   carom_cond_init(&sa->cond, &sa->lock);
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     timespec d;
     if (carom_lock_acquire(&sb->lock, nullptr)) return 1;
     while (sb->value == 0)
       if (carom_cond_wait(&sb->cond, carom_deadline(20, &d))) return 2;
     return carom_lock_release(&sb->lock) ? 3 : 0;
-  });
-  ASSERT_TRUE(wait_until_sleeping(c));
+  }));
+  ASSERT_TRUE(wait_until_sleeping(c.pid()));
   ASSERT_EQ(0, carom_lock_acquire(&sa->lock, nullptr));
   sa->value = 1;
   EXPECT_EQ(0, carom_cond_notify(&sa->cond, 1));
@@ -354,8 +354,8 @@ TEST(Condition, RoundsWithRandomWaiterKillsLoseNoWakeup) {
       }
     });
   };
-  pid_t kids[kWaiters];
-  for (int i = 0; i < kWaiters; i++) kids[i] = spawn(i);
+  ChildGuard kids[kWaiters];
+  for (int i = 0; i < kWaiters; i++) kids[i].reset(spawn(i));
   uint64_t worst_ns = 0;
   for (uint32_t round = 1; round <= kRounds; round++) {
     ASSERT_EQ(0, lock());
@@ -365,9 +365,9 @@ TEST(Condition, RoundsWithRandomWaiterKillsLoseNoWakeup) {
     uint64_t t0 = carom_now_ns();
     if (round % 100 == 50) {  // kill one waiter somewhere inside its loop, replace it
       int slot = (round / 100) % kWaiters;
-      kill(kids[slot], SIGKILL);
+      kill(kids[slot].pid(), SIGKILL);
       ASSERT_EQ(1000 + SIGKILL, reap_code(kids[slot]));
-      kids[slot] = spawn(slot);
+      kids[slot].reset(spawn(slot));
     }
     for (int i = 0; i < kWaiters; i++)
       while (__atomic_load_n(&r->acked[i], __ATOMIC_SEQ_CST) < round) {
@@ -377,8 +377,8 @@ TEST(Condition, RoundsWithRandomWaiterKillsLoseNoWakeup) {
     uint64_t took = carom_now_ns() - t0;
     if (took > worst_ns) worst_ns = took;
   }
-  for (pid_t k : kids) kill(k, SIGKILL);
-  for (pid_t k : kids) EXPECT_EQ(1000 + SIGKILL, reap_code(k));
+  for (auto &k : kids) kill(k.pid(), SIGKILL);
+  for (auto &k : kids) EXPECT_EQ(1000 + SIGKILL, reap_code(k));
   // Recorded, not asserted tightly (shared machine): the slowest round.
   RecordProperty("worst_round_ms", (int)(worst_ns / 1000000));
   shared_free(r, sizeof *r);

@@ -38,18 +38,18 @@ TEST(Event, SetClearIsSetAndImmediateWait) {
 TEST(Event, SetThenClearStillWakesSleepers) {
   carom_event_t *e = static_cast<carom_event_t *>(shared_alloc(sizeof *e));
   carom_event_init(e);
-  pid_t kids[3];
+  ChildGuard kids[3];
   for (auto &k : kids)
-    k = fork_child([&] {
+    k.reset(fork_child([&] {
       timespec d;
       uint64_t t0 = carom_now_ns();
       if (carom_event_wait(e, carom_deadline(20, &d)) != 0) return 1;
       return secs_since(t0) < 19 ? 0 : 2;
-    });
-  for (pid_t k : kids) ASSERT_TRUE(wait_until_sleeping(k));
+    }));
+  for (auto &k : kids) ASSERT_TRUE(wait_until_sleeping(k.pid()));
   carom_event_set(e);
   carom_event_clear(e);
-  for (pid_t k : kids) EXPECT_EQ(0, reap_code(k));
+  for (auto &k : kids) EXPECT_EQ(0, reap_code(k));
   EXPECT_FALSE(carom_event_is_set(e));
   shared_free(e, sizeof *e);
 }
@@ -59,15 +59,15 @@ TEST(Event, SetThenClearStillWakesSleepers) {
 TEST(Event, TwoOfFiveWaitersKilledSurvivorsWake) {
   carom_event_t *e = static_cast<carom_event_t *>(shared_alloc(sizeof *e));
   carom_event_init(e);
-  pid_t kids[5];
+  ChildGuard kids[5];
   for (auto &k : kids)
-    k = fork_child([&] {
+    k.reset(fork_child([&] {
       timespec d;
       return carom_event_wait(e, carom_deadline(30, &d)) == 0 ? 0 : 1;
-    });
-  for (pid_t k : kids) ASSERT_TRUE(wait_until_sleeping(k));
-  kill(kids[1], SIGKILL);
-  kill(kids[3], SIGKILL);
+    }));
+  for (auto &k : kids) ASSERT_TRUE(wait_until_sleeping(k.pid()));
+  kill(kids[1].pid(), SIGKILL);
+  kill(kids[3].pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(kids[1]));
   EXPECT_EQ(1000 + SIGKILL, reap_code(kids[3]));
   uint64_t t0 = carom_now_ns();
@@ -105,11 +105,11 @@ TEST(Event, SetterKilledAtRandomLeavesEventUsable) {
     EXPECT_EQ(1000 + SIGKILL, reap_code(setter));
     EXPECT_EQ(1000 + SIGKILL, reap_code(waiter));
     carom_event_clear(e);
-    pid_t w2 = fork_child([&] {
+    ChildGuard w2(fork_child([&] {
       timespec d;
       return carom_event_wait(e, carom_deadline(10, &d));
-    });
-    ASSERT_TRUE(wait_until_sleeping(w2));
+    }));
+    ASSERT_TRUE(wait_until_sleeping(w2.pid()));
     carom_event_set(e);
     EXPECT_EQ(0, reap_code(w2)) << "round " << round;
   }
@@ -127,7 +127,7 @@ TEST(Event, PingPongTwoProcessesExactRounds) {
   carom_event_init(&s->ping);
   carom_event_init(&s->pong);
   constexpr int kRounds = 20000;
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     for (int i = 0; i < kRounds; i++) {
       if (carom_event_wait(&s->ping, nullptr)) return 1;
       carom_event_clear(&s->ping);
@@ -136,12 +136,12 @@ TEST(Event, PingPongTwoProcessesExactRounds) {
       carom_event_set(&s->pong);
     }
     return 0;
-  });
+  }));
   for (int i = 0; i < kRounds; i++) {
     ASSERT_EQ(2ull * i, s->count);
     s->count++;
     carom_event_set(&s->ping);
-    ASSERT_EQ(0, carom_event_wait(&s->pong, nullptr));
+    ASSERT_EQ(0, carom_event_wait(&s->pong, Deadline(10).p)) << "round " << i;
     carom_event_clear(&s->pong);
   }
   EXPECT_EQ(0, reap_code(c));

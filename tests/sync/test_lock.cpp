@@ -8,6 +8,7 @@
 #include <random>
 
 #include "carom/sync.h"
+#include "sync_testutil.h"
 #include "testutil.h"
 
 using namespace carom_test;
@@ -29,8 +30,6 @@ Shared *make_shared() {
   return s;
 }
 
-double ts_remaining(const timespec *ts) { return carom_deadline_remaining(ts); }
-
 }  // namespace
 
 TEST(Lock, AcquireReleaseAndMisuse) {
@@ -48,18 +47,19 @@ TEST(Lock, AcquireReleaseAndMisuse) {
 
 TEST(Lock, TimeoutHonouredWhileHeldByOtherProcess) {
   Shared *s = make_shared();
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     if (carom_lock_acquire(&s->lock, nullptr) != 0) return 1;
     __atomic_store_n(&s->ready, 1, __ATOMIC_SEQ_CST);
     // Hold until the parent has timed out and says so.
-    while (__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) != 2) usleep(100);
+    if (!wait_until([&] { return __atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) == 2; }))
+      return kChildTimedOut;
     return carom_lock_release(&s->lock) == 0 ? 0 : 2;
-  });
-  while (__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) != 1) usleep(100);
+  }));
+  ASSERT_TRUE(wait_until([&] { return __atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) == 1; }));
   timespec ts;
   uint64_t t0 = carom_now_ns();
   EXPECT_EQ(-ETIMEDOUT, carom_lock_acquire(&s->lock, carom_deadline(0.1, &ts)));
-  double waited = (carom_now_ns() - t0) / 1e9;
+  double waited = secs_since(t0);
   EXPECT_GE(waited, 0.1);
   EXPECT_LT(waited, 0.1 + 0.2 * slow_factor());
   EXPECT_EQ(-ETIMEDOUT, carom_lock_acquire(&s->lock, carom_deadline(0, &ts)));
@@ -68,7 +68,6 @@ TEST(Lock, TimeoutHonouredWhileHeldByOtherProcess) {
   EXPECT_EQ(0, carom_lock_acquire(&s->lock, carom_deadline(10, &ts)));
   EXPECT_EQ(0, carom_lock_release(&s->lock));
   EXPECT_EQ(0, reap_code(c));
-  (void)ts_remaining;
   shared_free(s, sizeof *s);
 }
 
@@ -101,22 +100,22 @@ TEST(Lock, ExactCountFourProcesses) {
 TEST(Lock, OwnerKilledWhileHoldingGivesOwnerDead) {
   Shared *s = make_shared();
   std::mt19937 rng(12345);
-  pid_t owner = fork_child([&] {
+  ChildGuard owner(fork_child([&] {
     for (;;) {
       carom_lock_acquire(&s->lock, nullptr);
       __atomic_store_n(&s->ready, 1, __ATOMIC_SEQ_CST);
       s->counter = s->counter + 1;  // spin holding the lock until killed
     }
     return 0;
-  });
-  while (__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) != 1) usleep(100);
-  usleep(std::uniform_int_distribution<int>(0, 20000)(rng));
-  ASSERT_EQ(0, kill(owner, SIGKILL));
+  }));
+  ASSERT_TRUE(wait_until([&] { return __atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) == 1; }));
+  usleep(std::uniform_int_distribution<int>(0, 20000)(rng));  // a random kill moment
+  ASSERT_EQ(0, kill(owner.pid(), SIGKILL));
   uint64_t killed_at = carom_now_ns();
   // The parent does not reap first: a zombie owner must count as dead.
   timespec ts;
   int r = carom_lock_acquire(&s->lock, carom_deadline(5, &ts));
-  double late = (carom_now_ns() - killed_at) / 1e9;
+  double late = secs_since(killed_at);
   EXPECT_EQ(-EOWNERDEAD, r);
   EXPECT_LT(late, 0.1 * slow_factor());
   EXPECT_EQ(1000 + SIGKILL, reap_code(owner));
@@ -239,15 +238,15 @@ TEST(RLock, ExactCountFourProcessesNested) {
 
 TEST(RLock, OwnerKilledGivesOwnerDeadAndCountRestarts) {
   Shared *s = make_shared();
-  pid_t owner = fork_child([&] {
+  ChildGuard owner(fork_child([&] {
     carom_rlock_acquire(&s->rlock, nullptr);
     carom_rlock_acquire(&s->rlock, nullptr);
     __atomic_store_n(&s->ready, 1, __ATOMIC_SEQ_CST);
     pause();
     return 0;
-  });
-  while (__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) != 1) usleep(100);
-  kill(owner, SIGKILL);
+  }));
+  ASSERT_TRUE(wait_until([&] { return __atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) == 1; }));
+  kill(owner.pid(), SIGKILL);
   timespec ts;
   EXPECT_EQ(-EOWNERDEAD, carom_rlock_acquire(&s->rlock, carom_deadline(5, &ts)));
   EXPECT_EQ(1u, carom_rlock_count(&s->rlock));

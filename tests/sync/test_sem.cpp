@@ -77,14 +77,14 @@ TEST(Semaphore, TimeoutsFromBothSides) {
   EXPECT_GE(w, 0.1);
   EXPECT_LT(w, 0.1 + 0.2 * slow_factor());
 
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     timespec d;
     uint64_t t = carom_now_ns();
     int r = carom_sem_acquire(&s->sem, carom_deadline(20, &d));
     if (r != 0) return 1;
     return secs_since(t) < 19 ? 0 : 2;
-  });
-  ASSERT_TRUE(wait_until_sleeping(c));
+  }));
+  ASSERT_TRUE(wait_until_sleeping(c.pid()));
   EXPECT_EQ(0, carom_sem_release(&s->sem, 1));
   EXPECT_EQ(0, reap_code(c));
   EXPECT_EQ(0u, carom_sem_value(&s->sem));
@@ -218,15 +218,15 @@ TEST(Semaphore, ThreadsOfOneProcessReleaseManyWakesMany) {
 TEST(Semaphore, WaiterKilledWhileSleepingWedgesNobody) {
   carom_sem_t *s = make<carom_sem_t>();
   carom_sem_init(s, 0);
-  pid_t dead = fork_child([&] { return carom_sem_acquire(s, nullptr) == 0 ? 7 : 8; });
-  ASSERT_TRUE(wait_until_sleeping(dead));
-  kill(dead, SIGKILL);
+  ChildGuard dead(fork_child([&] { return carom_sem_acquire(s, nullptr) == 0 ? 7 : 8; }));
+  ASSERT_TRUE(wait_until_sleeping(dead.pid()));
+  kill(dead.pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(dead));
-  pid_t live = fork_child([&] {
+  ChildGuard live(fork_child([&] {
     timespec d;
     return carom_sem_acquire(s, carom_deadline(10, &d));
-  });
-  ASSERT_TRUE(wait_until_sleeping(live));
+  }));
+  ASSERT_TRUE(wait_until_sleeping(live.pid()));
   EXPECT_EQ(0, carom_sem_release(s, 1));
   EXPECT_EQ(0, reap_code(live));
   EXPECT_EQ(0, carom_sem_release(s, 1));
@@ -267,25 +267,25 @@ TEST(TrackedSemaphore, UnitsOfKilledHolderComeBack) {
   S *s = make<S>();
   carom_tsem_init(&s->sem, 3);
   ASSERT_EQ(0, carom_tsem_acquire(&s->sem, nullptr));  // we hold 1
-  pid_t holder = fork_child([&] {
+  ChildGuard holder(fork_child([&] {
     if (carom_tsem_acquire(&s->sem, nullptr) || carom_tsem_acquire(&s->sem, nullptr)) return 1;
     __atomic_store_n(&s->ready, 1, __ATOMIC_SEQ_CST);
     pause();
     return 0;
-  });
-  while (!__atomic_load_n(&s->ready, __ATOMIC_SEQ_CST)) usleep(100);
+  }));
+  ASSERT_TRUE(wait_until([&] { return __atomic_load_n(&s->ready, __ATOMIC_SEQ_CST) == 1; }));
   EXPECT_EQ(0u, carom_tsem_value(&s->sem));
   pid_t thief = fork_child([&] { return carom_tsem_release(&s->sem) == CAROM_EOVERRELEASE ? 0 : 1; });
   EXPECT_EQ(0, reap_code(thief));
   // A waiter in another process sleeps for a unit; then the holder dies.
-  pid_t waiter = fork_child([&] {
+  ChildGuard waiter(fork_child([&] {
     timespec d;
     if (carom_tsem_acquire(&s->sem, carom_deadline(10, &d))) return 1;
     if (carom_tsem_acquire(&s->sem, carom_deadline(10, &d))) return 2;
     return carom_tsem_held(&s->sem) == 2 ? 0 : 3;
-  });
-  ASSERT_TRUE(wait_until_sleeping(waiter));
-  kill(holder, SIGKILL);
+  }));
+  ASSERT_TRUE(wait_until_sleeping(waiter.pid()));
+  kill(holder.pid(), SIGKILL);
   uint64_t t0 = carom_now_ns();
   EXPECT_EQ(0, reap_code(waiter));
   EXPECT_LT(secs_since(t0), 1.0 * slow_factor());
