@@ -341,9 +341,9 @@ TEST(Heap, ConstructorsForEverySyncPrimitiveShareAcrossFork) {
   EXPECT_EQ(-EINVAL, carom_heap_new_barrier(h, 0, nullptr, nullptr, 1.0, &bar));
   int64_t *counter;
   ASSERT_EQ(0, carom_heap_calloc(h, sizeof *counter, 0, (void **)&counter));
-  std::vector<pid_t> kids;
+  std::vector<ChildGuard> kids;
   for (int k = 0; k < 3; k++)
-    kids.push_back(fork_child([&] {
+    kids.emplace_back(fork_child([&] {
       timespec ts;
       if (carom_event_wait(ev, carom_deadline(10, &ts)) != 0) return 1;
       if (carom_sem_release(sem, 1) != 0) return 2;
@@ -362,7 +362,7 @@ TEST(Heap, ConstructorsForEverySyncPrimitiveShareAcrossFork) {
   carom_cond_release(cond);
   int idx = carom_barrier_wait(bar, carom_deadline(10, &ts));
   EXPECT_GE(idx, 0);
-  for (pid_t k : kids) EXPECT_EQ(0, reap_code(k));
+  for (auto &k : kids) EXPECT_EQ(0, reap_code(k));
   EXPECT_EQ(3, *counter);
   EXPECT_EQ(CAROM_EOVERRELEASE, carom_sem_release(bsem, 1));
   carom_heap_destroy(h);

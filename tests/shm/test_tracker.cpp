@@ -53,17 +53,6 @@ void nap_ms(int ms) {
   nanosleep(&d, nullptr);
 }
 
-// Poll cond every ms until true or timeout_s (scaled) passes.
-template <class F>
-bool wait_for(F cond, double timeout_s) {
-  uint64_t end = carom_now_ns() + uint64_t(timeout_s * slow_factor() * 1e9);
-  while (!cond()) {
-    if (carom_now_ns() > end) return false;
-    nap_ms(1);
-  }
-  return true;
-}
-
 // Has pid exited (reaped or zombie)? Through a pidfd, as carom does.
 bool exited(pid_t pid) {
   int fd = int(syscall(SYS_pidfd_open, pid, 0));
@@ -86,7 +75,7 @@ pid_t spawn_helper(const std::string &name, const char *mode) {
 // Attach to the helper's segment once it reports ready.
 carom_shm_t *attach_ready(const std::string &name) {
   carom_shm_t *s = nullptr;
-  bool ok = wait_for(
+  bool ok = wait_until(
       [&] {
         if (!s && carom_shm_attach(name.c_str(), 0, &s) != 0) return false;
         return static_cast<Ctl *>(carom_shm_addr(s))->ready == 1;
@@ -152,7 +141,7 @@ TEST(TrackerHelper, Run) {
 
 TEST(Tracker, SigkilledCreatorsNameIsGoneWithinOneSecond) {
   std::string name = uniq("kill");
-  pid_t c = spawn_helper(name, "hang");
+  ChildGuard c(spawn_helper(name, "hang"));
   carom_shm_t *att = attach_ready(name);
   ASSERT_NE(nullptr, att);
   auto *ctl = static_cast<Ctl *>(carom_shm_addr(att));
@@ -160,11 +149,11 @@ TEST(Tracker, SigkilledCreatorsNameIsGoneWithinOneSecond) {
   ASSERT_GT(tracker, 0);
   EXPECT_NE(0, kill(tracker, 0) == 0 ? 1 : 0);
   ASSERT_TRUE(name_exists(name));
-  kill(c, SIGKILL);
+  kill(c.pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(c));
-  EXPECT_TRUE(wait_for([&] { return !name_exists(name); }, 1.0)) << "name outlived its family";
+  EXPECT_TRUE(wait_until([&] { return !name_exists(name); }, 1.0)) << "name outlived its family";
   // The tracker exits once it has cleaned up: no orphan that lives forever.
-  EXPECT_TRUE(wait_for([&] { return exited(tracker); }, 5.0));
+  EXPECT_TRUE(wait_until([&] { return exited(tracker); }, 5.0));
   // An attacher keeps a working mapping after the name is gone (P23).
   ctl->data[5] = 77;
   EXPECT_EQ(77u, ctl->data[5]);
@@ -173,13 +162,13 @@ TEST(Tracker, SigkilledCreatorsNameIsGoneWithinOneSecond) {
 
 TEST(Tracker, LivingFamilyMemberKeepsTheNameThenItIsRemoved) {
   std::string name = uniq("family");
-  pid_t c = spawn_helper(name, "family");
+  ChildGuard c(spawn_helper(name, "family"));
   carom_shm_t *att = attach_ready(name);
   ASSERT_NE(nullptr, att);
   auto *ctl = static_cast<Ctl *>(carom_shm_addr(att));
   pid_t tracker = ctl->tracker, kid = ctl->grandkid;
   ASSERT_GT(kid, 0);
-  kill(c, SIGKILL);
+  kill(c.pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(c));
   // The creator is gone but its fork child lives: the name must stay. (A
   // wrong tracker would act within milliseconds of the creator's death.)
@@ -187,9 +176,9 @@ TEST(Tracker, LivingFamilyMemberKeepsTheNameThenItIsRemoved) {
   EXPECT_TRUE(name_exists(name));
   EXPECT_FALSE(exited(tracker));
   ctl->release = 1;
-  EXPECT_TRUE(wait_for([&] { return !name_exists(name); }, 5.0));
-  EXPECT_TRUE(wait_for([&] { return exited(tracker); }, 5.0));
-  EXPECT_TRUE(wait_for([&] { return exited(kid); }, 5.0));
+  EXPECT_TRUE(wait_until([&] { return !name_exists(name); }, 5.0));
+  EXPECT_TRUE(wait_until([&] { return exited(tracker); }, 5.0));
+  EXPECT_TRUE(wait_until([&] { return exited(kid); }, 5.0));
   carom_shm_close(att);
 }
 
@@ -223,7 +212,7 @@ TEST(Tracker, StaleRegistrationNeverRemovesARecreatedName) {
   pid_t tracker = static_cast<Ctl *>(carom_shm_addr(s))->tracker;
   ASSERT_GT(tracker, 0);
   // Once the helper's tracker has done its end-of-family work and exited...
-  EXPECT_TRUE(wait_for([&] { return exited(tracker); }, 5.0));
+  EXPECT_TRUE(wait_until([&] { return exited(tracker); }, 5.0));
   // ...the untracked segment made under the same name is still there.
   EXPECT_TRUE(name_exists(name));
   EXPECT_EQ(0, carom_shm_unlink(s));
