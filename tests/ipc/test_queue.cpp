@@ -167,13 +167,13 @@ TEST(Queue, InitInCallerMemoryAndAttach) {
 TEST(Queue, CloseWakesBlockedGetterAndPutterThenDrains) {
   carom_queue_t *q = make_queue(1, 8);
   auto *ready = shared_new<std::atomic<int>>();
-  pid_t getter = fork_child([&] {
+  ChildGuard getter(fork_child([&] {
     char buf[8];
     ready->fetch_add(1);
     return carom_queue_get(q, buf, sizeof buf, nullptr) == CAROM_ECLOSED ? 0 : 1;
-  });
-  while (ready->load() != 1) sched_yield();
-  ASSERT_TRUE(wait_until_sleeping(getter));  // blocked in get, not yet there
+  }));
+  ASSERT_TRUE(wait_until([&] { return ready->load() == 1; }));
+  ASSERT_TRUE(wait_until_sleeping(getter.pid()));  // blocked in get, not yet there
   carom_queue_close(q);
   EXPECT_EQ(0, reap_code(getter, 10));
   EXPECT_TRUE(carom_queue_closed(q));
@@ -182,12 +182,12 @@ TEST(Queue, CloseWakesBlockedGetterAndPutterThenDrains) {
 
   q = make_queue(1, 8);
   ASSERT_EQ(0, carom_queue_put(q, "a", 1, nullptr));
-  pid_t putter = fork_child([&] {
+  ChildGuard putter(fork_child([&] {
     ready->fetch_add(1);
     return carom_queue_put(q, "b", 1, nullptr) == CAROM_ECLOSED ? 0 : 1;
-  });
-  while (ready->load() != 2) sched_yield();
-  ASSERT_TRUE(wait_until_sleeping(putter));  // blocked in put on the full queue
+  }));
+  ASSERT_TRUE(wait_until([&] { return ready->load() == 2; }));
+  ASSERT_TRUE(wait_until_sleeping(putter.pid()));  // blocked in put on the full queue
   carom_queue_close(q);
   EXPECT_EQ(0, reap_code(putter, 10));
   char buf[8];
@@ -384,9 +384,11 @@ TEST(Queue, KillSoakAtRandomMomentsExactAccounting) {
     s->attempt[r] = -1;
   }
   std::vector<std::vector<int64_t>> ambiguous(kRoles);
-  pid_t prod[kRoles], cons[kRoles];
-  auto spawn_prod = [&](uint32_t r) { prod[r] = fork_child([&, r] { return soak_producer(q, s, r); }); };
-  auto spawn_cons = [&](int c) { cons[c] = fork_child([&] { return soak_consumer(q, s); }); };
+  ChildGuard prod[kRoles], cons[kRoles];
+  auto spawn_prod = [&](uint32_t r) {
+    prod[r].reset(fork_child([&, r] { return soak_producer(q, s, r); }));
+  };
+  auto spawn_cons = [&](int c) { cons[c].reset(fork_child([&] { return soak_consumer(q, s); })); };
   for (int r = 0; r < kRoles; r++) {
     spawn_prod((uint32_t)r);
     spawn_cons(r);
@@ -405,7 +407,7 @@ TEST(Queue, KillSoakAtRandomMomentsExactAccounting) {
     int victim = (int)(rng() % (2 * kRoles));
     uint64_t before = s->received.load();
     if (victim < kRoles) {
-      kill(prod[victim], SIGKILL);
+      kill(prod[victim].pid(), SIGKILL);
       int st = reap(prod[victim], 10);
       ASSERT_TRUE(WIFSIGNALED(st)) << "producer exited early: " << st;
       producer_kills++;
@@ -417,7 +419,7 @@ TEST(Queue, KillSoakAtRandomMomentsExactAccounting) {
       spawn_prod((uint32_t)victim);
     } else {
       int c = victim - kRoles;
-      kill(cons[c], SIGKILL);
+      kill(cons[c].pid(), SIGKILL);
       int st = reap(cons[c], 10);
       ASSERT_TRUE(WIFSIGNALED(st)) << "consumer exited early: " << st;
       consumer_kills++;
@@ -553,9 +555,9 @@ TEST(SimpleQueue, ExactDeliveryLargeFramesThreeWritersTwoReaders) {
     std::atomic<int> bad;
   };
   Recv *rv = shared_new<Recv>();
-  std::vector<pid_t> kids;
+  std::vector<ChildGuard> kids;
   for (uint32_t w = 0; w < 3; w++)
-    kids.push_back(fork_child([&, w] {
+    kids.emplace_back(fork_child([&, w] {
       std::vector<unsigned char> buf(max);
       for (uint64_t s = 0; s < per; s++) {
         size_t len = make_item(w, s, max, buf.data());
@@ -563,9 +565,9 @@ TEST(SimpleQueue, ExactDeliveryLargeFramesThreeWritersTwoReaders) {
       }
       return 0;
     }));
-  std::vector<pid_t> readers;
+  std::vector<ChildGuard> readers;
   for (int r = 0; r < 2; r++)
-    readers.push_back(fork_child([&] {
+    readers.emplace_back(fork_child([&] {
       std::vector<unsigned char> buf(max);
       for (;;) {
         ssize_t n = carom_simplequeue_get(q, buf.data(), buf.size());
@@ -580,9 +582,9 @@ TEST(SimpleQueue, ExactDeliveryLargeFramesThreeWritersTwoReaders) {
         rv->recv[role][seq]++;
       }
     }));
-  for (pid_t k : kids) EXPECT_EQ(0, reap_code(k, 60));
+  for (auto &k : kids) EXPECT_EQ(0, reap_code(k, 60));
   for (int r = 0; r < 2; r++) ASSERT_EQ(0, carom_simplequeue_put(q, "!", 1));
-  for (pid_t k : readers) EXPECT_EQ(0, reap_code(k, 60));
+  for (auto &k : readers) EXPECT_EQ(0, reap_code(k, 60));
   EXPECT_EQ(0, rv->bad.load());
   for (int w = 0; w < 3; w++)
     for (uint64_t s = 0; s < per; s++) ASSERT_EQ(1, rv->recv[w][s].load());
@@ -596,15 +598,15 @@ TEST(SimpleQueue, ReaderKilledWhileWaitingLeavesQueueUsable) {
   carom_simplequeue_t *q = nullptr;
   ASSERT_EQ(0, carom_simplequeue_create(64, &q));
   auto *ready = shared_new<std::atomic<int>>();
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     char buf[64];
     ready->store(1);
     carom_simplequeue_get(q, buf, sizeof buf);  // blocks: nothing was put
     return 1;
-  });
-  while (ready->load() != 1) sched_yield();
-  ASSERT_TRUE(wait_until_sleeping(c));  // waiting in the queue, lock held
-  kill(c, SIGKILL);
+  }));
+  ASSERT_TRUE(wait_until([&] { return ready->load() == 1; }));
+  ASSERT_TRUE(wait_until_sleeping(c.pid()));  // waiting in the queue, lock held
+  kill(c.pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(c, 10));
   ASSERT_EQ(0, carom_simplequeue_put(q, "data", 4));
   char buf[64];

@@ -161,7 +161,7 @@ TEST(Ring, BlockedGetterWakesOnPutAndOnCloseAcrossProcesses) {
   for (carom_ring_kind_t kind : kKinds) {
     Ring ring(kind, 2, 8);
     auto *flag = static_cast<std::atomic<int> *>(shared_alloc(sizeof(std::atomic<int>)));
-    pid_t c = fork_child([&] {
+    ChildGuard c(fork_child([&] {
       char buf[8];
       flag->store(1);
       if (carom_ring_get(ring.r, buf, sizeof buf, nullptr) != 3) return 1;
@@ -169,10 +169,10 @@ TEST(Ring, BlockedGetterWakesOnPutAndOnCloseAcrossProcesses) {
       flag->store(2);
       // Blocks again until the parent closes the ring.
       return carom_ring_get(ring.r, buf, sizeof buf, nullptr) == CAROM_ECLOSED ? 0 : 3;
-    });
-    while (flag->load() != 1) sched_yield();
+    }));
+    ASSERT_TRUE(wait_until([&] { return flag->load() == 1; }));
     ASSERT_EQ(0, carom_ring_put(ring.r, "abc", 3, nullptr));
-    while (flag->load() != 2) sched_yield();
+    ASSERT_TRUE(wait_until([&] { return flag->load() == 2; }));
     carom_ring_close(ring.r);
     EXPECT_EQ(0, reap_code(c, 10));
     shared_free(flag, sizeof(std::atomic<int>));
@@ -184,7 +184,7 @@ TEST(Ring, BlockedGetterWakesOnPutAndOnCloseAcrossProcesses) {
 TEST(Ring, SpscExactDeliveryAcrossProcesses) {
   Ring ring(CAROM_RING_SPSC, 16, 64);
   const uint64_t n = 200000;
-  pid_t prod = fork_child([&] {
+  ChildGuard prod(fork_child([&] {
     unsigned char item[64];
     for (uint64_t i = 0; i < n; i++) {
       size_t len = 8 + i % 56;
@@ -193,7 +193,7 @@ TEST(Ring, SpscExactDeliveryAcrossProcesses) {
       if (carom_ring_put(ring.r, item, len, nullptr) != 0) return 1;
     }
     return 0;
-  });
+  }));
   unsigned char buf[64];
   for (uint64_t i = 0; i < n; i++) {
     ssize_t len = carom_ring_get(ring.r, buf, sizeof buf, nullptr);
