@@ -797,7 +797,7 @@ TEST(Pool, MaxBacklogGivesBackPressure) {
     carom_job_release(j);
     return nullptr;
   }, &arg);
-  while (arg.tid == 0) sched_yield();
+  ASSERT_TRUE(wait_until([&] { return arg.tid.load() != 0; }));
   ASSERT_TRUE(wait_until_sleeping(arg.tid));  // asleep waiting for room
   EXPECT_EQ(0, carom_pool_close(p));
   pthread_join(t, nullptr);

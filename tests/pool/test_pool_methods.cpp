@@ -249,8 +249,10 @@ TEST_P(PoolMethod, OwnerKilledLeavesNoWorker) {
     size_t len;
     if (carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len) != 0) return 2;
     pid_t w[2];
-    while (carom_pool_workers(p, w, 2) != 2)  // the second may still be starting
+    for (int k = 0; carom_pool_workers(p, w, 2) != 2; k++) {  // the second may still be starting
+      if (k == 100000) return 3;
       if (carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len) == 0) free(res);
+    }
     pids[1] = w[0];
     pids[2] = w[1];
     pids[0] = 1;  // ready

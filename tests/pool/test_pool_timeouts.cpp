@@ -55,7 +55,10 @@ int soft_aware(carom_task_ctx_t *ctx, const void *arg, size_t) {
   int succeed;
   memcpy(&succeed, arg, sizeof succeed);
   carom_task_on_soft_timeout(ctx, soft_hook, nullptr);
-  while (!carom_task_soft_expired(ctx)) usleep(1000);
+  for (int k = 0; !carom_task_soft_expired(ctx); k++) {
+    if (k == 30000) return carom_task_fail(ctx, -ETIMEDOUT, "no soft limit within 30 s");
+    usleep(1000);
+  }
   if (succeed) return carom_task_return(ctx, "partial", 7);
   return carom_task_fail(ctx, -ECANCELED, "stopped early");
 }
