@@ -22,11 +22,6 @@ using namespace carom_test;
 
 namespace {
 
-const timespec *past() {
-  static timespec ts;
-  return carom_deadline(0, &ts);
-}
-
 std::vector<uint8_t> pattern(size_t n, unsigned seed) {
   std::vector<uint8_t> v(n);
   for (size_t i = 0; i < n; i++) v[i] = (uint8_t)(i * 131 + seed * 7 + (i >> 8));
@@ -56,13 +51,13 @@ void round_trip_sizes(int duplex) {
   {
     Pair p(duplex);
     carom_conn_t *rx = p.a, *tx = p.b;
-    pid_t c = fork_child([&] {
+    ChildGuard c(fork_child([&] {
       carom_conn_free(rx);
       unsigned seed = 0;
       for (size_t n : kSizes)
         if (send_vec(tx, pattern(n, seed++)) != 0) return 1;
       return 0;
-    });
+    }));
     carom_conn_close(tx);  // the child's copy is the only writer left
     unsigned seed = 0;
     for (size_t n : kSizes) {
@@ -118,13 +113,13 @@ TEST(Connection, ClosedAndWrongDirectionEnds) {
   EXPECT_EQ(-EBADF, carom_conn_send_bytes(r, "x", 1, 0, 1, nullptr));
   void *m = nullptr;
   EXPECT_EQ(-EBADF, carom_conn_recv_bytes(w, 0, &m, nullptr));
-  EXPECT_EQ(-EBADF, carom_conn_poll(w, past()));
+  EXPECT_EQ(-EBADF, carom_conn_poll(w, past_deadline()));
   EXPECT_EQ(0, carom_conn_close(r));
   EXPECT_EQ(0, carom_conn_close(r));
   EXPECT_TRUE(carom_conn_closed(r));
   EXPECT_EQ(-1, carom_conn_fileno(r));
   EXPECT_EQ(CAROM_ECLOSED, carom_conn_recv_bytes(r, 0, &m, nullptr));
-  EXPECT_EQ(CAROM_ECLOSED, carom_conn_poll(r, past()));
+  EXPECT_EQ(CAROM_ECLOSED, carom_conn_poll(r, past_deadline()));
   carom_conn_close(w);
   EXPECT_EQ(CAROM_ECLOSED, carom_conn_send_bytes(w, "x", 1, 0, 1, nullptr));
   carom_conn_free(nullptr);
@@ -137,11 +132,11 @@ TEST(Connection, OversizedMessageRejectedAndStreamStaysInStep) {
     carom_conn_t *rx = p.a, *tx = p.b;
     // A payload bigger than the socket buffer, so the discard spans reads.
     auto big = pattern(3 << 20, 1), small = pattern(1000, 2), tiny = pattern(7, 3);
-    pid_t c = fork_child([&] {
+    ChildGuard c(fork_child([&] {
       carom_conn_free(rx);
       return send_vec(tx, big) || send_vec(tx, small) || send_vec(tx, pattern(1001, 4)) ||
              send_vec(tx, tiny);
-    });
+    }));
     void *m = nullptr;
     Deadline dl(20);
     EXPECT_EQ(CAROM_EMSGSIZE, carom_conn_recv_bytes(rx, 0, &m, dl.p));
@@ -172,9 +167,9 @@ TEST(Connection, HostileLengthNeverAllocates) {
   ASSERT_EQ(12, write(sv[1], hdr, 12));
   ASSERT_EQ(5, write(sv[1], "junk!", 5));
   void *m = nullptr;
-  EXPECT_EQ(CAROM_EMSGSIZE, carom_conn_recv_bytes(rx, 0, &m, past()));
+  EXPECT_EQ(CAROM_EMSGSIZE, carom_conn_recv_bytes(rx, 0, &m, past_deadline()));
   close(sv[1]);
-  EXPECT_EQ(CAROM_EEOF, carom_conn_recv_bytes(rx, 0, &m, past()));
+  EXPECT_EQ(CAROM_EEOF, carom_conn_recv_bytes(rx, 0, &m, past_deadline()));
   carom_conn_free(rx);
 }
 
@@ -198,15 +193,15 @@ TEST(Connection, ExtendedHeaderWithLoweredThreshold) {
   EXPECT_EQ(0, memcmp(wire, h16, 4));
   EXPECT_EQ(0, memcmp(wire + 20, h17, 12));
   void *m;
-  ASSERT_EQ(16, carom_conn_recv_bytes(rx, 0, &m, past()));
+  ASSERT_EQ(16, carom_conn_recv_bytes(rx, 0, &m, past_deadline()));
   EXPECT_EQ(0, memcmp(m, a.data(), 16));
   free(m);
-  ASSERT_EQ(17, carom_conn_recv_bytes(rx, 0, &m, past()));
+  ASSERT_EQ(17, carom_conn_recv_bytes(rx, 0, &m, past_deadline()));
   EXPECT_EQ(0, memcmp(m, b.data(), 17));
   free(m);
   // A large message with the extended header, across processes.
   auto big = pattern(300000, 7);
-  pid_t c = fork_child([&] { return send_vec(tx, big); });
+  ChildGuard c(fork_child([&] { return send_vec(tx, big); }));
   Deadline dl(20);
   ASSERT_EQ((ssize_t)big.size(), carom_conn_recv_bytes(rx, 0, &m, dl.p));
   EXPECT_EQ(0, memcmp(m, big.data(), big.size()));
@@ -220,7 +215,7 @@ TEST(Connection, RecvBytesIntoShortBufferKeepsTheMessage) {
   Pair p(1);
   for (size_t n : {size_t(100), size_t(200000)}) {  // in the read buffer, and beyond it
     auto v = pattern(n, 9);
-    pid_t c = fork_child([&] { return send_vec(p.b, v); });
+    ChildGuard c(fork_child([&] { return send_vec(p.b, v); }));
     std::vector<uint8_t> small(50), big(n + 10);
     size_t needed = 0;
     Deadline dl(20);
@@ -240,9 +235,9 @@ TEST(Connection, RecvBytesIntoShortBufferKeepsTheMessage) {
   auto v = pattern(300, 1);
   ASSERT_EQ(0, send_vec(p.b, v));
   char tiny[4];
-  EXPECT_EQ(CAROM_ETOOSHORT, carom_conn_recv_bytes_into(p.a, tiny, 4, 0, nullptr, past()));
+  EXPECT_EQ(CAROM_ETOOSHORT, carom_conn_recv_bytes_into(p.a, tiny, 4, 0, nullptr, past_deadline()));
   void *m;
-  ASSERT_EQ(300, carom_conn_recv_bytes(p.a, 0, &m, past()));
+  ASSERT_EQ(300, carom_conn_recv_bytes(p.a, 0, &m, past_deadline()));
   EXPECT_EQ(0, memcmp(m, v.data(), 300));
   free(m);
 }
@@ -251,21 +246,21 @@ namespace {
 void peer_killed_mid_message(int duplex) {
   Pair p(duplex);
   carom_conn_t *rx = p.a, *tx = p.b;
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     carom_conn_free(rx);
     auto v = pattern(16 << 20, 3);  // far more than any pipe/socket buffer
     send_vec(tx, v);
     return 0;
-  });
+  }));
   carom_conn_close(tx);
   // Bytes have arrived, and the message cannot be complete: kill the sender.
   ASSERT_EQ(1, carom_conn_poll(rx, Deadline(20).p));
-  kill(c, SIGKILL);
+  kill(c.pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(c));
   void *m = nullptr;
   EXPECT_EQ(CAROM_EEOF, carom_conn_recv_bytes(rx, 0, &m, Deadline(20).p));
   EXPECT_EQ(nullptr, m);
-  EXPECT_EQ(CAROM_EEOF, carom_conn_recv_bytes(rx, 0, &m, past()));
+  EXPECT_EQ(CAROM_EEOF, carom_conn_recv_bytes(rx, 0, &m, past_deadline()));
 }
 }  // namespace
 
@@ -303,11 +298,11 @@ TEST(Connection, ReceiveTimesOutAtDeadlineAndResumesPartialMessage) {
   // Half a frame: header and 3 of 6 payload bytes; never delivered early.
   const uint8_t part1[] = {0, 0, 0, 6, 'a', 'b', 'c'};
   ASSERT_EQ(7, write(sv[1], part1, 7));
-  EXPECT_EQ(-ETIMEDOUT, carom_conn_recv_bytes(rx, 0, &m, past()));
+  EXPECT_EQ(-ETIMEDOUT, carom_conn_recv_bytes(rx, 0, &m, past_deadline()));
   // Nothing to receive yet: the partial frame is buffered, the fd is empty.
-  EXPECT_EQ(0, carom_conn_poll(rx, past()));
+  EXPECT_EQ(0, carom_conn_poll(rx, past_deadline()));
   ASSERT_EQ(3, write(sv[1], "def", 3));
-  ASSERT_EQ(6, carom_conn_recv_bytes(rx, 0, &m, past()));
+  ASSERT_EQ(6, carom_conn_recv_bytes(rx, 0, &m, past_deadline()));
   EXPECT_EQ(0, memcmp(m, "abcdef", 6));
   free(m);
   // Same for a message bigger than the read buffer (held in its own buffer).
@@ -315,9 +310,9 @@ TEST(Connection, ReceiveTimesOutAtDeadlineAndResumesPartialMessage) {
   uint8_t hdr[4] = {0, 0x01, 0x86, 0xa0};  // 100000
   ASSERT_EQ(4, write(sv[1], hdr, 4));
   ASSERT_EQ(70000, write(sv[1], big.data(), 70000));
-  EXPECT_EQ(-ETIMEDOUT, carom_conn_recv_bytes(rx, 0, &m, past()));
+  EXPECT_EQ(-ETIMEDOUT, carom_conn_recv_bytes(rx, 0, &m, past_deadline()));
   ASSERT_EQ(30000, write(sv[1], big.data() + 70000, 30000));
-  ASSERT_EQ(100000, carom_conn_recv_bytes(rx, 0, &m, past()));
+  ASSERT_EQ(100000, carom_conn_recv_bytes(rx, 0, &m, past_deadline()));
   EXPECT_EQ(0, memcmp(m, big.data(), big.size()));
   free(m);
   close(sv[1]);
@@ -335,7 +330,7 @@ TEST(Connection, SendCutByDeadlineMarksBrokenAndPeerSeesEof) {
   EXPECT_EQ(CAROM_EEOF, carom_conn_recv_bytes(p.b, 0, &m, Deadline(20).p));
   // The other direction still works.
   EXPECT_EQ(0, carom_conn_send_bytes(p.b, "ok", 2, 0, 2, nullptr));
-  ASSERT_EQ(2, carom_conn_recv_bytes(p.a, 0, &m, past()));
+  ASSERT_EQ(2, carom_conn_recv_bytes(p.a, 0, &m, past_deadline()));
   free(m);
 }
 
@@ -344,14 +339,14 @@ TEST(Connection, SendTimesOutCleanlyWhenNothingWasWritten) {
   // Fill the socket buffer with whole messages.
   std::vector<uint8_t> chunk(4096, 1);
   int sent = 0;
-  while (send_vec(p.a, chunk, past()) == 0) sent++;
-  EXPECT_EQ(-ETIMEDOUT, carom_conn_send_bytes(p.a, "y", 1, 0, 1, past()));
+  while (send_vec(p.a, chunk, past_deadline()) == 0) sent++;
+  EXPECT_EQ(-ETIMEDOUT, carom_conn_send_bytes(p.a, "y", 1, 0, 1, past_deadline()));
   // Either the last send failed before writing (stream intact) or it cut a
   // frame (broken). Drain and check what the peer sees is consistent.
   void *m;
   int got = 0;
   ssize_t r;
-  while ((r = carom_conn_recv_bytes(p.b, 0, &m, past())) == 4096) {
+  while ((r = carom_conn_recv_bytes(p.b, 0, &m, past_deadline())) == 4096) {
     free(m);
     got++;
   }
@@ -381,7 +376,7 @@ TEST(Connection, PassFileDescriptorsAcrossProcesses) {
   int before = count_fds();
   {
     Pair p(1);
-    pid_t c = fork_child([&] {
+    ChildGuard c(fork_child([&] {
       int fd = carom_conn_recv_handle(p.b, nullptr);
       if (fd < 0) return 1;
       if (!(fcntl(fd, F_GETFD) & FD_CLOEXEC)) return 2;
@@ -389,7 +384,7 @@ TEST(Connection, PassFileDescriptorsAcrossProcesses) {
       // A plain message where a handle is expected is refused.
       if (carom_conn_recv_handle(p.b, nullptr) != -EPROTO) return 4;
       return 0;
-    });
+    }));
     // A pipe the child does not have: send its write end, drop our copy.
     int pfd[2];
     ASSERT_EQ(0, pipe2(pfd, O_CLOEXEC));
@@ -419,7 +414,7 @@ TEST(Connection, UnclaimedPassedFdsAreClosedWithTheConnection) {
     ASSERT_EQ(0, carom_conn_send_bytes(p.a, "m", 1, 0, 1, nullptr));
     void *m;
     // recv_bytes reads the handle frame (and queues its fd) unaware.
-    ASSERT_EQ(8, carom_conn_recv_bytes(p.b, 0, &m, past()));
+    ASSERT_EQ(8, carom_conn_recv_bytes(p.b, 0, &m, past_deadline()));
     free(m);
   }
   EXPECT_EQ(before, count_fds());
@@ -427,7 +422,7 @@ TEST(Connection, UnclaimedPassedFdsAreClosedWithTheConnection) {
 
 TEST(Connection, PollAndWaitSeeBufferedMessages) {
   Pair p(1);
-  EXPECT_EQ(0, carom_conn_poll(p.b, past()));
+  EXPECT_EQ(0, carom_conn_poll(p.b, past_deadline()));
   uint64_t t0 = carom_now_ns();
   timespec ts;
   EXPECT_EQ(0, carom_conn_poll(p.b, carom_deadline(0.03, &ts)));
@@ -436,13 +431,13 @@ TEST(Connection, PollAndWaitSeeBufferedMessages) {
   // fd is empty but the second is buffered: poll and wait must see it.
   ASSERT_EQ(0, carom_conn_send_bytes(p.a, "one", 3, 0, 3, nullptr));
   ASSERT_EQ(0, carom_conn_send_bytes(p.a, "two", 3, 0, 3, nullptr));
-  EXPECT_EQ(1, carom_conn_poll(p.b, past()));
+  EXPECT_EQ(1, carom_conn_poll(p.b, past_deadline()));
   void *m;
-  ASSERT_EQ(3, carom_conn_recv_bytes(p.b, 0, &m, past()));
+  ASSERT_EQ(3, carom_conn_recv_bytes(p.b, 0, &m, past_deadline()));
   free(m);
   struct pollfd pf = {carom_conn_fileno(p.b), POLLIN, 0};
   EXPECT_EQ(0, poll(&pf, 1, 0));  // the fd itself is empty
-  EXPECT_EQ(1, carom_conn_poll(p.b, past()));
+  EXPECT_EQ(1, carom_conn_poll(p.b, past_deadline()));
   carom_wait_obj_t w[2] = {};
   w[0].kind = CAROM_WAIT_CONN;
   w[0].conn = p.b;
@@ -451,20 +446,20 @@ TEST(Connection, PollAndWaitSeeBufferedMessages) {
   EXPECT_EQ(1, carom_wait(w, 2, nullptr));  // must not sleep
   EXPECT_EQ(1, w[0].ready);
   EXPECT_EQ(0, w[1].ready);
-  ASSERT_EQ(3, carom_conn_recv_bytes(p.b, 0, &m, past()));
+  ASSERT_EQ(3, carom_conn_recv_bytes(p.b, 0, &m, past_deadline()));
   EXPECT_EQ(0, memcmp(m, "two", 3));
   free(m);
-  EXPECT_EQ(0, carom_wait(w, 2, past()));
+  EXPECT_EQ(0, carom_wait(w, 2, past_deadline()));
 }
 
 TEST(Wait, ManyConnectionsFdsAndPidfdSentinels) {
   Pair p1(1), p2(0), p3(1);
   int efd = eventfd(0, EFD_CLOEXEC);
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     carom_conn_send_bytes(p2.b, "x", 1, 0, 1, nullptr);
     return 0;
-  });
-  int pidfd = (int)syscall(SYS_pidfd_open, c, 0);
+  }));
+  int pidfd = (int)syscall(SYS_pidfd_open, c.pid(), 0);
   ASSERT_GE(pidfd, 0);
   carom_wait_obj_t w[5] = {};
   w[0] = {CAROM_WAIT_CONN, -1, p1.a, nullptr, 0};
@@ -484,14 +479,14 @@ TEST(Wait, ManyConnectionsFdsAndPidfdSentinels) {
   uint64_t one = 1;
   ASSERT_EQ(8, write(efd, &one, 8));
   ASSERT_EQ(0, carom_conn_send_bytes(p3.a, "y", 1, 0, 1, nullptr));
-  EXPECT_EQ(4, carom_wait(w, 5, past()));
+  EXPECT_EQ(4, carom_wait(w, 5, past_deadline()));
   EXPECT_EQ(0, w[0].ready);
   EXPECT_EQ(0, reap_code(c));
   // Misuse.
   carom_wait_obj_t bad = {CAROM_WAIT_FD, -1, nullptr, nullptr, 0};
-  EXPECT_EQ(-EINVAL, carom_wait(&bad, 1, past()));
+  EXPECT_EQ(-EINVAL, carom_wait(&bad, 1, past_deadline()));
   bad = {CAROM_WAIT_CONN, -1, p2.b, nullptr, 0};  // write-only end
-  EXPECT_EQ(-EBADF, carom_wait(&bad, 1, past()));
+  EXPECT_EQ(-EBADF, carom_wait(&bad, 1, past_deadline()));
   close(efd);
   close(pidfd);
 }
@@ -499,13 +494,13 @@ TEST(Wait, ManyConnectionsFdsAndPidfdSentinels) {
 TEST(Connection, StreamOfSmallMessagesKeepsExactOrder) {
   Pair p(1);
   const int N = 20000;
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     for (int i = 0; i < N; i++) {
       uint32_t v = (uint32_t)i;
       if (carom_conn_send_bytes(p.b, &v, 4, 0, 4, nullptr)) return 1;
     }
     return 0;
-  });
+  }));
   for (int i = 0; i < N; i++) {
     uint32_t v;
     ASSERT_EQ(4, carom_conn_recv_bytes_into(p.a, &v, 4, 0, nullptr, Deadline(20).p));

@@ -24,11 +24,6 @@ using namespace carom_test;
 
 namespace {
 
-const timespec *past_deadline() {
-  static timespec ts;
-  return carom_deadline(0, &ts);
-}
-
 const char kKey[] = "correct horse battery staple";
 const char kBadKey[] = "correct horse battery stapler";
 
@@ -265,7 +260,7 @@ TEST(Listener, SilentClientDoesNotBlockAccept) {
   std::string path = addr.substr(5);
   int go[2];
   ASSERT_EQ(0, pipe(go));
-  pid_t silent = fork_child([&] {
+  ChildGuard silent(fork_child([&] {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     sockaddr_un un = {};
     un.sun_family = AF_UNIX;
@@ -274,8 +269,9 @@ TEST(Listener, SilentClientDoesNotBlockAccept) {
     if (write(go[1], "x", 1) != 1) return 2;
     pause();  // says nothing, holds the connection until killed
     return 0;
-  });
+  }));
   char b;
+  ASSERT_TRUE(fd_readable(go[0], (int)(10000 * slow_factor()))) << "silent client never connected";
   ASSERT_EQ(1, read(go[0], &b, 1));
   // Only the silent client: accept gives up at its own deadline.
   carom_conn_t *conn = nullptr;
@@ -287,7 +283,7 @@ TEST(Listener, SilentClientDoesNotBlockAccept) {
   EXPECT_LT(took, 3.0 * slow_factor());
   // A silent client and then a good one: the good one gets served after the
   // silent one's handshake bound, well before the caller's 20 s deadline.
-  pid_t silent2 = fork_child([&] {
+  ChildGuard silent2(fork_child([&] {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     sockaddr_un un = {};
     un.sun_family = AF_UNIX;
@@ -296,15 +292,16 @@ TEST(Listener, SilentClientDoesNotBlockAccept) {
     if (write(go[1], "x", 1) != 1) return 2;
     pause();
     return 0;
-  });
+  }));
+  ASSERT_TRUE(fd_readable(go[0], (int)(10000 * slow_factor()))) << "silent client never connected";
   ASSERT_EQ(1, read(go[0], &b, 1));
-  pid_t good = fork_child([&] { return echo_client(addr, kKey, 3); });
+  ChildGuard good(fork_child([&] { return echo_client(addr, kKey, 3); }));
   t0 = carom_now_ns();
   serve_one_echo(l);
   EXPECT_LT((double)(carom_now_ns() - t0) / 1e9, 10.0 * slow_factor());
   EXPECT_EQ(0, reap_code(good));
-  kill(silent, SIGKILL);
-  kill(silent2, SIGKILL);
+  kill(silent.pid(), SIGKILL);
+  kill(silent2.pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(silent));
   EXPECT_EQ(1000 + SIGKILL, reap_code(silent2));
   close(go[0]);
@@ -338,9 +335,9 @@ TEST(Listener, ManyClientsConcurrentlyWithWait) {
   const int N = 8, M = 50;
   carom_listener_t *l = make_listener(nullptr, kKey);
   std::string addr = carom_listener_address(l);
-  std::vector<pid_t> kids;
+  std::vector<ChildGuard> kids;
   for (int i = 0; i < N; i++) {
-    kids.push_back(fork_child([&, i] {
+    kids.emplace_back(fork_child([&, i] {
       carom_conn_t *c = nullptr;
       if (client(addr.c_str(), kKey, &c)) return 1;
       for (int k = 0; k < M; k++) {
@@ -394,7 +391,7 @@ TEST(Listener, ManyClientsConcurrentlyWithWait) {
     conns.erase(std::remove(conns.begin(), conns.end(), nullptr), conns.end());
   }
   for (int i = 0; i < N; i++) EXPECT_EQ(M, next[i]);
-  for (pid_t k : kids) EXPECT_EQ(0, reap_code(k));
+  for (auto &k : kids) EXPECT_EQ(0, reap_code(k));
   carom_listener_free(l);
   EXPECT_EQ(before, count_fds());
 }
@@ -402,7 +399,7 @@ TEST(Listener, ManyClientsConcurrentlyWithWait) {
 TEST(Listener, FdPassingOverAcceptedUnixConnection) {
   carom_listener_t *l = make_listener(nullptr);
   std::string addr = carom_listener_address(l);
-  pid_t c = fork_child([&] {
+  ChildGuard c(fork_child([&] {
     carom_conn_t *conn = nullptr;
     if (client(addr.c_str(), nullptr, &conn)) return 1;
     int fd = carom_conn_recv_handle(conn, Deadline(20).p);
@@ -411,7 +408,7 @@ TEST(Listener, FdPassingOverAcceptedUnixConnection) {
     close(fd);
     carom_conn_free(conn);
     return rc;
-  });
+  }));
   carom_conn_t *conn = nullptr;
   ASSERT_EQ(0, carom_listener_accept(l, Deadline(20).p, &conn));
   int p[2];

@@ -9,7 +9,6 @@
 #include <gtest/gtest.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -214,14 +213,6 @@ int run_fn(const std::string &method, carom_process_fn fn, int byte = -1) {
     x.len = 1;
   }
   return run(method, x);
-}
-
-bool fd_readable(int fd, int ms) {
-  pollfd pf = {fd, POLLIN, 0};
-  int r;
-  do r = poll(&pf, 1, ms);
-  while (r < 0 && errno == EINTR);
-  return r == 1;
 }
 
 // Zombie children of this process (state Z in /proc/<pid>/stat).

@@ -85,6 +85,19 @@ bool wait_until(const std::function<bool()> &cond, double timeout_s) {
   }
 }
 
+bool fd_readable(int fd, int timeout_ms) {
+  struct pollfd p = {fd, POLLIN, 0};
+  int r;
+  do r = poll(&p, 1, timeout_ms);
+  while (r < 0 && errno == EINTR);
+  return r == 1;
+}
+
+const timespec *past_deadline() {
+  static timespec ts;
+  return carom_deadline(0, &ts);
+}
+
 int reap_code(pid_t pid, double timeout_s) {
   int st = reap(pid, timeout_s);
   if (st == -1) return -1;

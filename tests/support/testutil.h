@@ -73,6 +73,12 @@ bool wait_until(const std::function<bool()> &cond, double timeout_s = 10);
 // the small codes the tests' children use for their own checks).
 constexpr int kChildTimedOut = 124;
 
+// Is fd readable (poll POLLIN) within timeout_ms (not scaled; 0: right now)?
+bool fd_readable(int fd, int timeout_ms);
+
+// A deadline already past: calls taking one try once.
+const timespec *past_deadline();
+
 // Poll /proc until the process or thread `id` is asleep (state S), i.e.
 // blocked in the kernel, as a futex waiter is. False if it does not get there
 // within timeout_s (scaled by slow_factor()).
