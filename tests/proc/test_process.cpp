@@ -53,14 +53,6 @@ int t_loop_flag(const void *arg, size_t) {
   for (;;) pause();
 }
 
-bool wait_file(const std::string &path, double s) {
-  for (int i = 0; i < (int)(s * 1000); i++) {
-    if (access(path.c_str(), F_OK) == 0) return true;
-    usleep(1000);
-  }
-  return false;
-}
-
 int t_selfkill(const void *, size_t) {
   kill(getpid(), SIGKILL);
   return 0;
@@ -469,10 +461,14 @@ TEST_P(Method, SameTargetFromParentRunningThreads) {
         v[0] = 1;
       }
     });
-  while (!held) usleep(100);
-  std::string m = GetParam();
-  for (int i = 0; i < 5; i++) EXPECT_EQ(m == "fork" ? 3 : 0, run_fn(m, t_trylock));
-  for (int i = 0; i < 5; i++) EXPECT_EQ(17, run_fn(m, t_return, 17));
+  // No ASSERT until the threads are joined (a joinable std::thread aborts).
+  if (wait_until([&] { return held.load(); })) {
+    std::string m = GetParam();
+    for (int i = 0; i < 5; i++) EXPECT_EQ(m == "fork" ? 3 : 0, run_fn(m, t_trylock));
+    for (int i = 0; i < 5; i++) EXPECT_EQ(17, run_fn(m, t_return, 17));
+  } else {
+    ADD_FAILURE() << "the holder thread never took g_mu";
+  }
   stop = true;
   holder.join();
   for (auto &t : churn) t.join();
@@ -498,7 +494,7 @@ TEST_P(Method, DaemonicChildrenDieWithSigkilledParent) {
   ASSERT_GE(ffd, 0);
   close(ffd);
   unlink(flag);
-  pid_t parent = fork_child([&] {
+  ChildGuard parent(fork_child([&] {
     Opts x;
     x.fn = t_loop_flag;
     x.arg = flag;
@@ -509,16 +505,15 @@ TEST_P(Method, DaemonicChildrenDieWithSigkilledParent) {
     sh->kid = carom_process_pid(p);
     __atomic_store_n(&sh->ready, 1, __ATOMIC_SEQ_CST);
     for (;;) pause();
-  });
-  for (int i = 0; i < 20000 && !__atomic_load_n(&sh->ready, __ATOMIC_SEQ_CST); i++) usleep(1000);
-  ASSERT_EQ(1, sh->ready);
+  }));
+  ASSERT_TRUE(wait_until([&] { return __atomic_load_n(&sh->ready, __ATOMIC_SEQ_CST) == 1; }, 20));
   // The daemonic child runs its target (past every start-up check).
-  ASSERT_TRUE(wait_file(flag, 20 * slow_factor()));
+  ASSERT_TRUE(wait_until([&] { return access(flag, F_OK) == 0; }, 20));
   unlink(flag);
   int kfd = (int)syscall(SYS_pidfd_open, sh->kid, 0);
   ASSERT_GE(kfd, 0);
   EXPECT_FALSE(fd_readable(kfd, 0));
-  kill(parent, SIGKILL);
+  kill(parent.pid(), SIGKILL);
   EXPECT_EQ(1000 + SIGKILL, reap_code(parent));
   uint64_t t0 = carom_now_ns();
   EXPECT_TRUE(fd_readable(kfd, (int)(1000 * slow_factor())));
@@ -543,7 +538,7 @@ TEST_P(Method, ExitTerminatesDaemonicAndJoinsOthers) {
   };
   auto *sh = static_cast<Sh *>(shared_alloc(sizeof(Sh)));
   std::string m = GetParam();
-  pid_t parent = fork_child([&]() -> int {
+  ChildGuard parent(fork_child([&]() -> int {
     Opts x;
     x.fn = t_loop;
     x.daemon = true;
@@ -559,11 +554,11 @@ TEST_P(Method, ExitTerminatesDaemonicAndJoinsOthers) {
     sh->nd = carom_process_pid(nd);
     carom_process_free(nd);  // detached: still joined at exit
     __atomic_store_n(&sh->ready, 1, __ATOMIC_SEQ_CST);
-    while (!__atomic_load_n(&sh->go, __ATOMIC_SEQ_CST)) usleep(1000);
+    if (!wait_until([&] { return __atomic_load_n(&sh->go, __ATOMIC_SEQ_CST) == 1; }, 20))
+      return kChildTimedOut;
     exit(0);  // carom's atexit handler must terminate d and join nd
-  });
-  for (int i = 0; i < 20000 && !__atomic_load_n(&sh->ready, __ATOMIC_SEQ_CST); i++) usleep(1000);
-  ASSERT_EQ(1, sh->ready);
+  }));
+  ASSERT_TRUE(wait_until([&] { return __atomic_load_n(&sh->ready, __ATOMIC_SEQ_CST) == 1; }, 20));
   int dfd = (int)syscall(SYS_pidfd_open, sh->d, 0);
   int nfd = (int)syscall(SYS_pidfd_open, sh->nd, 0);
   ASSERT_GE(dfd, 0);
@@ -610,7 +605,7 @@ TEST_P(Method, ActiveChildrenReapsFinishedOnes) {
     close(pfd);
   }
   // The forkserver reports the death asynchronously; wait for the count.
-  for (int i = 0; i < 10000 && carom_active_children(out, 8) != 1; i++) usleep(1000);
+  EXPECT_TRUE(wait_until([&] { return carom_active_children(out, 8) == 1; }));
   EXPECT_EQ(1, carom_active_children(out, 8));
   siginfo_t si = {};
   EXPECT_EQ(-1, waitid(P_PID, (id_t)pid0, &si, WEXITED | WNOHANG));  // gone: ECHILD
