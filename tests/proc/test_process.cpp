@@ -58,9 +58,24 @@ int t_selfkill(const void *, size_t) {
   return 0;
 }
 
+// 300 ms of work, then exit with arg[0].
 int t_sleep_then(const void *arg, size_t len) {
   usleep(300 * 1000);
   return len ? *(const unsigned char *)arg : 0;
+}
+
+// Block until the test writes one byte into the FIFO named by arg, then exit
+// with that byte (a FIFO reaches the target under every start method). EOF
+// (every writer gone: the test failed or died) gives 200.
+int t_wait_release(const void *arg, size_t) {
+  int fd = open((const char *)arg, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 201;
+  unsigned char b;
+  ssize_t n;
+  do n = read(fd, &b, 1);
+  while (n < 0 && errno == EINTR);
+  close(fd);
+  return n == 1 ? b : 200;
 }
 
 int t_checksum(const void *arg, size_t len) {
@@ -343,27 +358,57 @@ TEST_P(Method, SentinelBecomesReadableOnDeath) {
   carom_process_free(p);
 }
 
+// Three threads join one process at the same time and all see its end. The
+// target blocks until the test releases it, and the test releases it only
+// once every joiner is asleep inside join, so the joins really overlap.
 TEST_P(Method, ConcurrentJoinersBothSeeTheEnd) {
+  char dir[] = "/tmp/carom-join-XXXXXX";
+  ASSERT_NE(nullptr, mkdtemp(dir));
+  std::string fifo = std::string(dir) + "/release";
+  ASSERT_EQ(0, mkfifo(fifo.c_str(), 0600));
+  // Held open for reading and writing, so the target's open does not wait for
+  // a writer.
+  int release = open(fifo.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(release, 0);
   Opts x;
-  x.fn = t_sleep_then;
-  unsigned char b = 9;
-  x.arg = &b;
-  x.len = 1;
+  x.fn = t_wait_release;
+  x.arg = fifo.c_str();
+  x.len = fifo.size() + 1;
+  x.daemon = true;  // dies with the test process if the test fails
   carom_process_t *p = make(GetParam(), x);
+  ASSERT_NE(nullptr, p);
   ASSERT_EQ(0, carom_process_start(p));
-  std::atomic<int> ok{0};
+  constexpr int kJoiners = 3;
+  std::atomic<int> ok{0}, returned{0};
+  std::atomic<pid_t> tids[kJoiners];
+  for (auto &t : tids) t = 0;
   std::vector<std::thread> th;
-  for (int i = 0; i < 3; i++)
-    th.emplace_back([&] {
+  for (int i = 0; i < kJoiners; i++)
+    th.emplace_back([&, i] {
       timespec ts;
+      const timespec *dl = carom_deadline(30 * slow_factor(), &ts);
+      // From here on this thread calls nothing that sleeps but join.
+      tids[i] = (pid_t)syscall(SYS_gettid);
       int code = -1;
-      if (carom_process_join(p, carom_deadline(30 * slow_factor(), &ts)) == 0 &&
-          carom_process_exitcode(p, &code) == 0 && code == 9)
+      if (carom_process_join(p, dl) == 0 && carom_process_exitcode(p, &code) == 0 && code == 9)
         ok++;
+      returned++;
     });
+  bool all_asleep = true;
+  for (auto &t : tids)
+    all_asleep = all_asleep && wait_until([&] { return t.load() != 0; }) &&
+                 wait_until_sleeping(t.load());
+  EXPECT_TRUE(all_asleep) << "a joiner never went to sleep in join";
+  EXPECT_EQ(0, returned.load());  // nobody saw an end that has not happened
+  EXPECT_TRUE(carom_process_is_alive(p));
+  const unsigned char code = 9;
+  EXPECT_EQ(1, write(release, &code, 1));
   for (auto &t : th) t.join();
-  EXPECT_EQ(3, ok.load());
+  EXPECT_EQ(kJoiners, ok.load());
   carom_process_free(p);
+  close(release);
+  unlink(fifo.c_str());
+  rmdir(dir);
 }
 
 // ------------------------------------------------- identity, env, signals
