@@ -1405,6 +1405,10 @@ static void *supervisor(void *arg) {
       }
     }
   }
+  /* Every worker is down and none will be asked for again: let the template
+   * leave now (end of its requests), so it exits while the caller returns
+   * from join, and free only reaps it. */
+  shutdown(p->sock, SHUT_WR);
   atomic_store(&p->sup_exited, 1);
   carom__futex_wake(&p->sup_exited, INT_MAX);
   return NULL;
