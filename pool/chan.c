@@ -39,6 +39,19 @@ static void gather(char *dst, const struct iovec *a, size_t na, const struct iov
   size_t i = 0, cnt = na + nb;
   while (i < cnt && off >= seg(a, na, b, i)->iov_len) off -= seg(a, na, b, i++)->iov_len;
   while (n > 0 && i < cnt) {
+    if (off == 0 && i >= na) { /* whole items of b: the hot loop of a map's chunk */
+      const struct iovec *v = &b[i - na], *vend = b + nb;
+      while (v < vend && v->iov_len <= n) {
+        size_t l = v->iov_len;
+        if (l == 8) memcpy(dst, v->iov_base, 8);
+        else if (l) memcpy(dst, v->iov_base, l);
+        dst += l;
+        n -= l;
+        v++;
+      }
+      i = na + (size_t)(v - b);
+      if (n == 0 || i >= cnt) break;
+    }
     const struct iovec *v = seg(a, na, b, i);
     if (v->iov_len == 0) { /* empty parts (no pad, no items) may have a NULL base */
       i++;
@@ -46,8 +59,7 @@ static void gather(char *dst, const struct iovec *a, size_t na, const struct iov
     }
     size_t take = v->iov_len - off;
     if (take > n) take = n;
-    if (take == 8) memcpy(dst, (const char *)v->iov_base + off, 8); /* inlined: small items */
-    else memcpy(dst, (const char *)v->iov_base + off, take);
+    memcpy(dst, (const char *)v->iov_base + off, take);
     dst += take;
     n -= take;
     off = 0;

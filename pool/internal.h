@@ -114,7 +114,6 @@ enum { ERRMSG_MAX = 256, CANCEL_RING = 16 };
 typedef struct {
   /* written by the worker */
   _Atomic uint64_t started;   /* messages started (seq of the running one + 1) */
-  _Atomic uint32_t item;      /* index within the running message */
   _Atomic uint64_t started_ns; /* CLOCK_MONOTONIC when the running message started */
   _Atomic uint64_t soft_seq;  /* seq + 1 of the message whose soft limit expired */
   _Atomic int32_t pid;        /* worker pid (also set by the supervisor) */
@@ -124,6 +123,12 @@ typedef struct {
   _Atomic uint64_t cancel[16];
   char pad[CAROM_CACHELINE - 16];
   uint64_t down_off, up_off;  /* offsets of the chans from the shared base */
+  /* Index within the running message, stored by the worker before every
+   * item and read by the supervisor only after the worker died: on a line of
+   * its own, so that per-item stores do not pull the line the supervisor
+   * polls (`started`) back and forth between cores. */
+  _Alignas(CAROM_CACHELINE) _Atomic uint32_t item;
+  char pad_item[CAROM_CACHELINE - 4];
 } slot_t;
 
 typedef struct {
