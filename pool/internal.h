@@ -99,6 +99,7 @@ typedef struct {
   uint32_t kind;
   uint32_t count;
   uint64_t seq;      /* per-slot message sequence number (down) / echoed (up) */
+  uint64_t run_ns;   /* up: how long the worker ran the message */
 } msg_t;
 
 typedef struct {

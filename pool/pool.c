@@ -163,9 +163,9 @@ typedef struct {
   struct iovec iov[4];
   size_t send_total, send_progress;
   unsigned sent_msgs;       /* for maxtasksperchild */
-  /* Service time of this worker's messages (EWMA of the gap between results
-   * while it stayed busy), to queue more of them when they are tiny. */
-  uint64_t last_result_ns, avg_ns;
+  /* Run time of this worker's messages (EWMA of what the worker reports), to
+   * queue more of them when they are tiny. */
+  uint64_t avg_ns;
   /* reassembly of a multi-frame result, handed to the job as its block */
   res_block_t *rbuf;
   size_t rlen, rcap;
@@ -740,14 +740,10 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
   }
   flight_t *f = fifo_front(w);
   if (!f || f->seq != h.seq) carom__die("pool: result out of order (slot %u)", i);
-  uint64_t now = carom_now_ns();
-  if (w->fifo_n > 1 && w->last_result_ns) { /* it went straight on to the next one */
-    uint64_t dt = now - w->last_result_ns;
-    w->avg_ns = w->avg_ns ? (7 * w->avg_ns + dt) / 8 : dt;
-  } else if (w->fifo_n == 1) {
-    w->avg_ns = 0; /* it ran dry: no evidence of tiny tasks */
-  }
-  w->last_result_ns = now;
+  /* The worker's own measure: a gap between results would also count the
+   * time it waited for us, and a worker that runs dry (because it had too
+   * little queued) would never look tiny. */
+  w->avg_ns = w->avg_ns ? (7 * w->avg_ns + h.run_ns) / 8 : h.run_ns + 1;
   carom_job_t *j = f->job;
   size_t first = f->first, count = f->count;
   fifo_pop(w);
@@ -863,7 +859,7 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   s->errmsg[0] = 0;
   w->seq = w->acc = 0;
   w->sent_msgs = 0;
-  w->last_result_ns = w->avg_ns = 0;
+  w->avg_ns = 0;
   w->rlen = 0;
   w->sending = false;
   w->have_status = false;

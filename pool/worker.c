@@ -263,7 +263,8 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     ctx.seq = hdr.seq;
     ctx.hook = NULL;
     atomic_store_explicit(&slot->item, 0, memory_order_relaxed);
-    atomic_store_explicit(&slot->started_ns, carom_now_ns(), memory_order_relaxed);
+    const uint64_t t_start = carom_now_ns();
+    atomic_store_explicit(&slot->started_ns, t_start, memory_order_relaxed);
     atomic_store_explicit(&slot->started, hdr.seq + 1, memory_order_release);
     if (hdr.kind & MSG_F_WAKE_ON_START) carom__pool_wake_supervisor(h, cfg->evfd);
     bool skip = atomic_load_explicit(&slot->cancel[hdr.seq % CANCEL_RING],
@@ -319,13 +320,14 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
                 .kind = MSG_RESULT | (uniform ? MSG_F_UNIFORM : 0), .count = hdr.count,
                 .seq = hdr.seq};
     if (uniform) rh.ulen = ulen;
+    uint64_t now = carom_now_ns();
+    rh.run_ns = now - t_start;
     memcpy(out.p, &rh, sizeof rh);
     ctx.hook = NULL;
     send_up(up, h, cfg->evfd, out.p, out.len);
     /* Reap what tasks left behind (we are their subreaper): at most every
      * REAP_NS while messages flow (a wait4 per message cost tiny tasks ~10%
      * of their rate), and always before sleeping (wait_frame). */
-    uint64_t now = carom_now_ns();
     if (now - last_reap >= REAP_NS) {
       reap_orphans();
       last_reap = now;
