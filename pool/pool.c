@@ -94,6 +94,7 @@ struct carom_job {
   uint32_t *in_len;  /* n lengths */
   bool in_uniform;   /* every item is in_ulen bytes long (lengths not sent) */
   uint32_t in_ulen;
+  const char *in_block; /* borrowed uniform items back to back from here (or NULL) */
   const struct iovec *uitems; /* borrowed: the caller's items (blocking map) */
   carom_submit_opts_t cb;
   uint64_t soft_ns, hard_ns; /* limits (0: none) */
@@ -600,6 +601,13 @@ static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first,
   w->send_nitems = 0;
   if (j->uitems) {
     size_t bytes = 0;
+    if (j->in_block) { /* one block: no per-item gather */
+      w->iov[1] = (struct iovec){NULL, 0};
+      bytes = count * (size_t)j->in_ulen;
+      w->iov[3] = (struct iovec){(void *)(j->in_block + first * (size_t)j->in_ulen), bytes};
+      w->send_total = sizeof h + pad + bytes;
+      goto queued;
+    }
     if (j->in_uniform) {
       w->iov[1] = (struct iovec){NULL, 0};
       bytes = count * (size_t)j->in_ulen;
@@ -625,6 +633,7 @@ static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first,
     w->iov[3] = (struct iovec){j->in + j->in_off[first], j->in_off[first + count] - j->in_off[first]};
     w->send_total = w->iov[0].iov_len + w->iov[1].iov_len + w->iov[2].iov_len + w->iov[3].iov_len;
   }
+queued:
   w->send_progress = 0;
   w->sending = true;
   fifo_push(w, (flight_t){j, first, count, w->seq});
@@ -1695,11 +1704,16 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   *out = NULL;
   if (!pool_mine(p)) return CAROM_EFORKED;
   if (opts && (opts->size == 0 || opts->size > sizeof(carom_submit_opts_t))) return -EINVAL;
-  bool in_uniform = n > 0;
+  /* Items of one length, and among those items laid out back to back (an
+   * array of records): their bytes then move as one block, not item by item. */
+  bool in_uniform = n > 0, in_contig = n > 0;
+  const char *base0 = n ? items[0].iov_base : NULL;
   for (size_t i = 0; i < n; i++) { /* lengths travel as 32-bit fields */
     if (items[i].iov_len > UINT32_MAX - 4096) return -EMSGSIZE;
     in_uniform &= items[i].iov_len == items[0].iov_len;
+    in_contig &= items[i].iov_base == base0 + i * items[0].iov_len;
   }
+  in_contig &= in_uniform && base0 != NULL;
   carom_submit_opts_t cb = {0};
   if (opts) memcpy(&cb, opts, opts->size);
   if (chunksize == 0 && kind != JOB_APPLY) {
@@ -1726,6 +1740,7 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   j->wfn = wfn;
   j->in_uniform = in_uniform;
   j->in_ulen = in_uniform ? (uint32_t)items[0].iov_len : 0;
+  if (borrow && in_contig) j->in_block = base0;
   int rc = submit(p, j, cb.nowait);
   if (rc) {
     atomic_store(&j->refs, 1);
