@@ -109,7 +109,7 @@ typedef struct {
 
 /* ------------------------------------------------------------------ slots */
 
-enum { ERRMSG_MAX = 256, CANCEL_RING = 16 };
+enum { ERRMSG_MAX = 256, CANCEL_RING = 32 };
 
 /* One per worker position; the worker process in it changes over time. */
 typedef struct {
@@ -121,7 +121,7 @@ typedef struct {
   char errmsg[ERRMSG_MAX];    /* initializer failure message */
   /* written by the supervisor: seq + 1 of queued messages to skip (cancelled),
    * at index seq % CANCEL_RING; at most 1 + prefetch <= CANCEL_RING are queued */
-  _Atomic uint64_t cancel[16];
+  _Atomic uint64_t cancel[CANCEL_RING];
   char pad[CAROM_CACHELINE - 16];
   uint64_t down_off, up_off;  /* offsets of the chans from the shared base */
   /* Index within the running message, stored by the worker before every

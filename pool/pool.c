@@ -567,7 +567,7 @@ static bool slot_flush(carom_pool_t *p, unsigned i) {
  * TINY_INFLIGHT of them queued so it never waits for the supervisor between
  * two. Longer ones keep the configured prefetch, so a long task never has
  * many others stuck behind it. */
-enum { TINY_NS = 20000, TINY_INFLIGHT = 8 };
+enum { TINY_NS = 20000, TINY_INFLIGHT = 32 };
 
 static unsigned slot_capacity(carom_pool_t *p, wslot_t *w) {
   if (w->state != W_UP || w->sending) return 0;

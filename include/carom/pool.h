@@ -103,7 +103,8 @@ typedef struct {
   void *initarg;
   unsigned init_retries;        /* default 3 */
   unsigned maxtasksperchild;    /* 0 = unlimited */
-  unsigned prefetch;            /* messages queued per worker beyond the running one; default 1 */
+  unsigned prefetch;            /* messages queued per worker beyond the running one; default 1,
+                                   at most 31 (tasks under 20 µs get up to 32 queued anyway) */
   size_t channel_bytes;         /* shared-memory channel size per direction per worker; default 1 MiB */
   bool catch_sigint;            /* false (default): workers ignore SIGINT */
   /* Time limits for every task, in seconds, counted from the moment a worker

@@ -570,6 +570,12 @@ TEST(Pool, BadArguments) {
   o.start_method = "vfork";
   EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
   o.start_method = "fork";
+  o.prefetch = 32;  // beyond the slot's cancel ring
+  EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
+  o.prefetch = 31;
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  carom_pool_free(p);
+  o.prefetch = 0;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
   carom_pool_free(p);
   o.size = 0;
