@@ -18,11 +18,52 @@
  */
 #include "ipc/internal.h"
 
+#include <dlfcn.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/rand.h>
+#include <pthread.h>
 #include <string.h>
+#include <sys/random.h>
+
+/* OpenSSL's libcrypto is loaded on the first handshake, not linked: every
+ * process that links carom would otherwise map it, and its five mappings and
+ * relocated data made each fork + exit + wait of such a process ~28 µs dearer
+ * here (161 vs 133 µs; a pool worker pays it on every start and exit, see
+ * docs/PERF.md). The prototypes still come from OpenSSL's headers. */
+static struct {
+  __typeof__(HMAC) *hmac;
+  __typeof__(EVP_sha256) *sha256;
+  __typeof__(CRYPTO_memcmp) *memcmp_ct;
+  int err; /* 0, or -ELIBACC: not found */
+} crypto;
+static pthread_once_t crypto_once = PTHREAD_ONCE_INIT;
+static bool crypto_forced_missing;
+
+void carom__auth_force_no_crypto(bool missing) { crypto_forced_missing = missing; }
+
+static void crypto_load(void) {
+  static const char *const names[] = {"libcrypto.so.3", "libcrypto.so"};
+  void *h = NULL;
+  for (size_t i = 0; !h && i < sizeof names / sizeof *names; i++)
+    h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+  if (h) {
+    crypto.hmac = (__typeof__(HMAC) *)dlsym(h, "HMAC");
+    crypto.sha256 = (__typeof__(EVP_sha256) *)dlsym(h, "EVP_sha256");
+    crypto.memcmp_ct = (__typeof__(CRYPTO_memcmp) *)dlsym(h, "CRYPTO_memcmp");
+  }
+  if (!crypto.hmac || !crypto.sha256 || !crypto.memcmp_ct) {
+    carom_log(CAROM_LOG_ERROR, "auth: cannot use OpenSSL's libcrypto (libcrypto.so.3): %s",
+              h ? "symbols missing" : dlerror());
+    crypto.err = -ELIBACC;
+  }
+}
+
+static int crypto_ready(void) {
+  if (crypto_forced_missing) return -ELIBACC;
+  pthread_once(&crypto_once, crypto_load);
+  return crypto.err;
+}
 
 static const char CHALLENGE[] = "#CHALLENGE#";
 static const char WELCOME[] = "#WELCOME#";
@@ -35,7 +76,7 @@ static const char DIGEST_TAG[] = "{sha256}";
 static int mac(const void *key, size_t keylen, const uint8_t *msg, size_t n, uint8_t out[MAC_LEN]) {
   unsigned int outlen = 0;
   static const uint8_t empty = 0;
-  if (!HMAC(EVP_sha256(), keylen ? key : &empty, (int)keylen, msg, n, out, &outlen) ||
+  if (!crypto.hmac(crypto.sha256(), keylen ? key : &empty, (int)keylen, msg, n, out, &outlen) ||
       outlen != MAC_LEN)
     return -EIO;
   return 0;
@@ -57,12 +98,15 @@ static int send_small(carom_conn_t *c, const void *p, size_t n, const struct tim
 
 int carom__auth_deliver(carom_conn_t *c, const void *key, size_t keylen,
                         const struct timespec *deadline) {
+  int r = crypto_ready();
+  if (r) return r;
   uint8_t msg[CH_LEN + TAG_LEN + CAROM__AUTH_NONCE];
   memcpy(msg, CHALLENGE, CH_LEN);
   memcpy(msg + CH_LEN, DIGEST_TAG, TAG_LEN);
-  if (RAND_bytes(msg + CH_LEN + TAG_LEN, CAROM__AUTH_NONCE) != 1) return -EIO;
+  /* The nonce from the kernel's CSPRNG (a request this small is never short). */
+  if (getrandom(msg + CH_LEN + TAG_LEN, CAROM__AUTH_NONCE, 0) != CAROM__AUTH_NONCE) return -EIO;
   uint8_t expect[MAC_LEN];
-  int r = mac(key, keylen, msg + CH_LEN, TAG_LEN + CAROM__AUTH_NONCE, expect);
+  r = mac(key, keylen, msg + CH_LEN, TAG_LEN + CAROM__AUTH_NONCE, expect);
   if (r) return r;
   r = send_small(c, msg, sizeof msg, deadline);
   if (r) return r;
@@ -70,7 +114,7 @@ int carom__auth_deliver(carom_conn_t *c, const void *key, size_t keylen,
   ssize_t n = recv_small(c, resp, deadline);
   if (n < 0) return (int)n;
   bool ok = n == (ssize_t)(TAG_LEN + MAC_LEN) && !memcmp(resp, DIGEST_TAG, TAG_LEN) &&
-            CRYPTO_memcmp(resp + TAG_LEN, expect, MAC_LEN) == 0;
+            crypto.memcmp_ct(resp + TAG_LEN, expect, MAC_LEN) == 0;
   const char *verdict = ok ? WELCOME : FAILURE;
   r = send_small(c, verdict, strlen(verdict), deadline);
   if (!ok) return CAROM_EAUTH;
@@ -79,6 +123,8 @@ int carom__auth_deliver(carom_conn_t *c, const void *key, size_t keylen,
 
 int carom__auth_answer(carom_conn_t *c, const void *key, size_t keylen,
                        const struct timespec *deadline) {
+  int r = crypto_ready();
+  if (r) return r;
   uint8_t buf[CAROM__AUTH_MSG_MAX];
   ssize_t n = recv_small(c, buf, deadline);
   if (n < 0) return (int)n;
@@ -88,7 +134,7 @@ int carom__auth_answer(carom_conn_t *c, const void *key, size_t keylen,
     return CAROM_EAUTH;
   uint8_t resp[TAG_LEN + MAC_LEN];
   memcpy(resp, DIGEST_TAG, TAG_LEN);
-  int r = mac(key, keylen, buf + CH_LEN, (size_t)n - CH_LEN, resp + TAG_LEN);
+  r = mac(key, keylen, buf + CH_LEN, (size_t)n - CH_LEN, resp + TAG_LEN);
   if (r) return r;
   r = send_small(c, resp, sizeof resp, deadline);
   if (r) return r;

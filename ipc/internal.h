@@ -90,6 +90,9 @@ ssize_t carom__conn_recv_into(carom_conn_t *c, void *buf, size_t buflen, size_t 
 
 /* Server side first half: send a challenge, check the reply, send
  * WELCOME/FAILURE. 0, CAROM_EAUTH, or an I/O error. */
+/* Test switch: behave as if libcrypto could not be loaded (the handshake
+ * then fails with -ELIBACC), or load it again normally (false). */
+void carom__auth_force_no_crypto(bool missing);
 int carom__auth_deliver(carom_conn_t *c, const void *key, size_t keylen,
                         const struct timespec *deadline);
 /* Answer the peer's challenge and read its verdict. 0, CAROM_EAUTH, or an

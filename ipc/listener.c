@@ -19,7 +19,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/crypto.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -234,7 +233,7 @@ void carom_listener_free(carom_listener_t *l) {
   if (!l) return;
   carom_listener_close(l);
   if (l->key) {
-    OPENSSL_cleanse(l->key, l->keylen);
+    explicit_bzero(l->key, l->keylen);
     free(l->key);
   }
   free(l);
@@ -294,7 +293,9 @@ int carom_listener_accept(carom_listener_t *l, const struct timespec *deadline,
       return 0;
     }
     carom_conn_free(c);
-    if (r == CAROM_EAUTH || r == -ENOMEM || r == -EIO) return r;
+    /* Failures of ours (no memory, no libcrypto) and a wrong key end the
+     * accept; a peer's silence or disappearance does not. */
+    if (r == CAROM_EAUTH || r == -ENOMEM || r == -EIO || r == -ELIBACC) return r;
     if (carom__deadline_passed(deadline)) return -ETIMEDOUT;
     /* Silent, slow or vanished client: drop it and serve the next. */
     carom__debug("listener %s: dropped a client during the handshake (%s)", l->address,

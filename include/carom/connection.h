@@ -172,7 +172,10 @@ CAROM_EXTERN int carom_conn_closed(const carom_conn_t *c);
  * a message before both challenges succeeded. A wrong key fails on both
  * sides with CAROM_EAUTH and the connection is closed. The key never goes
  * on the wire; pass it to children explicitly. Both sides must agree on
- * whether a key is used: without a key no handshake happens.
+ * whether a key is used: without a key no handshake happens. OpenSSL's
+ * libcrypto (libcrypto.so.3) is loaded on the first handshake rather than
+ * linked, so processes that never authenticate do not map it; when it cannot
+ * be loaded, handshakes fail with -ELIBACC (and an error is logged).
  *
  * Unix-socket Listeners also check the peer's uid (SO_PEERCRED): a peer
  * running as another user (other than root) is refused unless
@@ -201,7 +204,8 @@ CAROM_EXTERN int carom_listener_create(const carom_listener_opts_t *opts,
  * or hangs up during the handshake, or (Unix) runs as another user, is
  * dropped and accept goes on waiting for the next one. Returns 0 with *out
  * set; -ETIMEDOUT (deadline); CAROM_EAUTH (the client's digest was wrong or
- * it rejected ours; that connection is closed); CAROM_ECLOSED. */
+ * it rejected ours; that connection is closed); -ELIBACC (libcrypto could not
+ * be loaded); CAROM_ECLOSED. */
 CAROM_EXTERN int carom_listener_accept(carom_listener_t *l, const struct timespec *deadline,
                                        carom_conn_t **out);
 
@@ -226,7 +230,8 @@ typedef struct carom_client_opts {
 /* Python's Client(address, authkey): connect and, with a key, run the
  * handshake, all bounded by the deadline. Returns 0 with *out set;
  * -ETIMEDOUT; CAROM_EAUTH; -ECONNREFUSED / -ENOENT (nobody listening);
- * CAROM_EEOF (the server hung up during the handshake); -EINVAL. */
+ * CAROM_EEOF (the server hung up during the handshake); -ELIBACC (libcrypto
+ * could not be loaded); -EINVAL. */
 CAROM_EXTERN int carom_conn_create_client(const char *address, const carom_client_opts_t *opts,
                                           const struct timespec *deadline, carom_conn_t **out);
 

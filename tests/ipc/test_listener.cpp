@@ -206,6 +206,32 @@ TEST(Listener, WrongKeyFailsOnBothSides) {
   EXPECT_EQ(before, count_fds());
 }
 
+extern "C" void carom__auth_force_no_crypto(bool missing);
+
+// libcrypto is loaded on the first handshake; when it cannot be, both sides
+// fail with -ELIBACC (not an authentication failure) and nothing leaks.
+TEST(Listener, MissingLibcryptoFailsHandshakeClearly) {
+  int before = count_fds();
+  carom__auth_force_no_crypto(true);
+  struct Restore {
+    ~Restore() { carom__auth_force_no_crypto(false); }
+  } restore;
+  carom_listener_t *l = make_listener(nullptr, kKey);
+  ASSERT_NE(nullptr, l);
+  std::string addr = carom_listener_address(l);
+  pid_t c = fork_child([&] {
+    carom_conn_t *conn = nullptr;
+    int r = client(addr.c_str(), kKey, &conn);
+    return r == -ELIBACC && conn == nullptr ? 0 : 1;
+  });
+  carom_conn_t *conn = nullptr;
+  EXPECT_EQ(-ELIBACC, carom_listener_accept(l, Deadline(20).p, &conn));
+  EXPECT_EQ(nullptr, conn);
+  EXPECT_EQ(0, reap_code(c));
+  carom_listener_free(l);
+  EXPECT_EQ(before, count_fds());
+}
+
 TEST(Listener, ClientWithoutKeyCannotGetPayloadParsed) {
   // The client skips the handshake and sends a payload at once: the server
   // takes it as a (wrong) handshake reply, never as a message.
