@@ -45,7 +45,7 @@ enum { JOB_APPLY = 0, JOB_MAP = 1, JOB_IMAP = 2 };
  * or a submission may follow at once): a sleeping process costs ~25-55 us to
  * wake here (FLOORS.md), so spinning much longer than a wake-up only takes the
  * CPU from the processes doing the work (forks and exits, under recycling). */
-#define SUP_SPIN_NS 50000ull
+#define SUP_SPIN_NS 10000ull
 enum { MAX_JOB_PIDS = 16 };
 #define SPAWN_TIMEOUT_NS (30 * 1000000000ull)
 
@@ -1802,8 +1802,9 @@ int carom_pool_imap(carom_pool_t *p, carom_task_fn fn, const struct iovec *items
 
 /* A caller about to sleep on a job spins this long first: results of short
  * tasks arrive within microseconds, and a futex sleep + wake-up costs tens of
- * them on a small machine (shared/FLOORS.md). */
-enum { CALLER_SPIN_NS = 30000 };
+ * them on a small machine (shared/FLOORS.md); longer spins took the CPU from
+ * forks and exits (recycling) and sped nothing up. */
+enum { CALLER_SPIN_NS = 10000 };
 
 /* Spin until *word != seen or the spin budget is spent. */
 static bool spin_for_change(_Atomic uint32_t *word, uint32_t seen) {
