@@ -124,7 +124,7 @@ struct carom_job {
   /* Readers take items without the mutex: an item is final once a segment
    * covering it is published (release), and order[] entries below norder_pub
    * (release) are final. Consumers claim the next item by CAS. */
-  _Atomic size_t norder_pub, next_unordered, next_ordered;
+  _Atomic size_t norder_pub;
   pid_t pids[MAX_JOB_PIDS];
   int npids;
   _Atomic bool accepted;
@@ -134,6 +134,12 @@ struct carom_job {
   _Atomic uint32_t done;     /* futex: 1 when every item ended */
   _Atomic uint32_t progress; /* futex: bumped when items end */
   _Atomic uint32_t waiters_done, waiters_progress;
+  /* Written by consumers only (a CAS per item taken): a line's worth of
+   * padding on each side keeps them away from what the supervisor writes per
+   * result message (the job is malloc'ed, so no _Alignas). */
+  char pad_before_next[CAROM_CACHELINE];
+  _Atomic size_t next_unordered, next_ordered;
+  char pad_after_next[CAROM_CACHELINE];
 };
 
 /* ------------------------------------------------------------------ slots */
