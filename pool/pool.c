@@ -269,18 +269,21 @@ static void job_unref(carom_job_t *j) {
  * items in place and the parent copies them once, into the channel. */
 static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct iovec *items,
                             size_t n, size_t chunksize, const carom_submit_opts_t *cb,
-                            bool borrow) {
+                            bool borrow, bool uniform, bool contig) {
   size_t total = 0; /* lengths were checked by submit_new */
-  if (!borrow)
+  if (!borrow && uniform) total = n * items[0].iov_len;
+  else if (!borrow)
     for (size_t i = 0; i < n; i++) total += items[i].iov_len;
+  /* Items of one length need no offsets or lengths: item i is at i * len. */
+  bool table = !borrow && !uniform;
   size_t cs = chunksize ? chunksize : 1;
   size_t nchunks = n / cs + (n % cs ? 1 : 0);
   size_t nwords = (n + 63) / 64;
   size_t off_segs = (sizeof(carom_job_t) + 15) & ~(size_t)15;
   size_t off_ended = off_segs + nchunks * sizeof(seg_t *);
   size_t off_inoff = off_ended + nwords * sizeof(uint64_t);
-  size_t off_inlen = off_inoff + (borrow ? 0 : (n + 1) * sizeof(uint64_t));
-  size_t off_in = off_inlen + (borrow ? 0 : ((n * sizeof(uint32_t) + 15) & ~(size_t)15));
+  size_t off_inlen = off_inoff + (table ? (n + 1) * sizeof(uint64_t) : 0);
+  size_t off_in = off_inlen + (table ? ((n * sizeof(uint32_t) + 15) & ~(size_t)15) : 0);
   carom_job_t *j = malloc(off_in + (borrow ? 0 : total) + 1);
   if (!j) return NULL;
   memset(j, 0, off_inoff);
@@ -288,6 +291,12 @@ static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const s
   j->ended = (uint64_t *)((char *)j + off_ended);
   if (borrow) {
     j->uitems = items;
+  } else if (uniform) {
+    j->in = (char *)j + off_in;
+    size_t l = items[0].iov_len;
+    if (contig) memcpy(j->in, items[0].iov_base, total);
+    else if (l)
+      for (size_t i = 0; i < n; i++) memcpy(j->in + i * l, items[i].iov_base, l);
   } else {
     j->in_off = (uint64_t *)((char *)j + off_inoff);
     j->in_len = (uint32_t *)((char *)j + off_inlen);
@@ -635,8 +644,14 @@ static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first,
     w->send_nitems = count;
     w->send_total = sizeof h + lens_bytes + pad + bytes;
   } else {
-    w->iov[1] = (struct iovec){j->in_len + first, lens_bytes};
-    w->iov[3] = (struct iovec){j->in + j->in_off[first], j->in_off[first + count] - j->in_off[first]};
+    if (j->in_uniform) {
+      w->iov[1] = (struct iovec){NULL, 0};
+      w->iov[3] = (struct iovec){j->in + first * (size_t)j->in_ulen, count * (size_t)j->in_ulen};
+    } else {
+      w->iov[1] = (struct iovec){j->in_len + first, lens_bytes};
+      w->iov[3] = (struct iovec){j->in + j->in_off[first],
+                                 j->in_off[first + count] - j->in_off[first]};
+    }
     w->send_total = w->iov[0].iov_len + w->iov[1].iov_len + w->iov[2].iov_len + w->iov[3].iov_len;
   }
 queued:
@@ -1741,7 +1756,8 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   uint64_t wfn;
   int trc = fn_in_workers(p, fn, &wfn);
   if (trc) return trc;
-  carom_job_t *j = job_new(p, kind, fn, items, n, chunksize, opts ? &cb : NULL, borrow);
+  carom_job_t *j = job_new(p, kind, fn, items, n, chunksize, opts ? &cb : NULL, borrow,
+                           in_uniform, in_contig);
   if (!j) return -ENOMEM;
   j->wfn = wfn;
   j->in_uniform = in_uniform;
