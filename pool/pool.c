@@ -1729,10 +1729,11 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
    * array of records): their bytes then move as one block, not item by item. */
   bool in_uniform = n > 0, in_contig = n > 0;
   const char *base0 = n ? items[0].iov_base : NULL;
+  uintptr_t b0 = (uintptr_t)base0; /* integer arithmetic: base0 may be NULL */
   for (size_t i = 0; i < n; i++) { /* lengths travel as 32-bit fields */
     if (items[i].iov_len > UINT32_MAX - 4096) return -EMSGSIZE;
     in_uniform &= items[i].iov_len == items[0].iov_len;
-    in_contig &= items[i].iov_base == base0 + i * items[0].iov_len;
+    in_contig &= (uintptr_t)items[i].iov_base == b0 + i * items[0].iov_len;
   }
   in_contig &= in_uniform && base0 != NULL;
   carom_submit_opts_t cb = {0};
