@@ -38,25 +38,25 @@ static struct {
   int err; /* 0, or -ELIBACC: not found */
 } crypto;
 static pthread_once_t crypto_once = PTHREAD_ONCE_INIT;
-static bool crypto_forced_missing;
+static _Atomic bool crypto_forced_missing; /* test switch */
 
 void carom__auth_force_no_crypto(bool missing) { crypto_forced_missing = missing; }
 
 static void crypto_load(void) {
-  static const char *const names[] = {"libcrypto.so.3", "libcrypto.so"};
-  void *h = NULL;
-  for (size_t i = 0; !h && i < sizeof names / sizeof *names; i++)
-    h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-  if (h) {
+  /* The three functions have kept their signatures from OpenSSL 1.1 to 3. */
+  static const char *const names[] = {"libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!h) continue;
     crypto.hmac = (__typeof__(HMAC) *)dlsym(h, "HMAC");
     crypto.sha256 = (__typeof__(EVP_sha256) *)dlsym(h, "EVP_sha256");
     crypto.memcmp_ct = (__typeof__(CRYPTO_memcmp) *)dlsym(h, "CRYPTO_memcmp");
+    if (crypto.hmac && crypto.sha256 && crypto.memcmp_ct) return;
+    dlclose(h);
   }
-  if (!crypto.hmac || !crypto.sha256 || !crypto.memcmp_ct) {
-    carom_log(CAROM_LOG_ERROR, "auth: cannot use OpenSSL's libcrypto (libcrypto.so.3): %s",
-              h ? "symbols missing" : dlerror());
-    crypto.err = -ELIBACC;
-  }
+  carom_log(CAROM_LOG_ERROR, "auth: cannot load OpenSSL's libcrypto (tried libcrypto.so.3, "
+            ".so.1.1, .so): authenticated connections fail with -ELIBACC");
+  crypto.err = -ELIBACC;
 }
 
 static int crypto_ready(void) {
@@ -103,8 +103,12 @@ int carom__auth_deliver(carom_conn_t *c, const void *key, size_t keylen,
   uint8_t msg[CH_LEN + TAG_LEN + CAROM__AUTH_NONCE];
   memcpy(msg, CHALLENGE, CH_LEN);
   memcpy(msg + CH_LEN, DIGEST_TAG, TAG_LEN);
-  /* The nonce from the kernel's CSPRNG (a request this small is never short). */
-  if (getrandom(msg + CH_LEN + TAG_LEN, CAROM__AUTH_NONCE, 0) != CAROM__AUTH_NONCE) return -EIO;
+  /* The nonce from the kernel's CSPRNG (a request this small is never short,
+   * but may be interrupted before the pool is initialised early in boot). */
+  ssize_t got;
+  while ((got = getrandom(msg + CH_LEN + TAG_LEN, CAROM__AUTH_NONCE, 0)) < 0 && errno == EINTR) {
+  }
+  if (got != CAROM__AUTH_NONCE) return -EIO;
   uint8_t expect[MAC_LEN];
   r = mac(key, keylen, msg + CH_LEN, TAG_LEN + CAROM__AUTH_NONCE, expect);
   if (r) return r;

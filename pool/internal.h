@@ -100,6 +100,7 @@ typedef struct {
   uint32_t count;
   uint64_t seq;      /* per-slot message sequence number (down) / echoed (up) */
   uint64_t run_ns;   /* up: how long the worker ran the message */
+  uint64_t start_ns; /* up: when it started it (CLOCK_MONOTONIC) */
 } msg_t;
 
 typedef struct {
@@ -120,7 +121,8 @@ typedef struct {
   _Atomic int32_t pid;        /* worker pid (also set by the supervisor) */
   char errmsg[ERRMSG_MAX];    /* initializer failure message */
   /* written by the supervisor: seq + 1 of queued messages to skip (cancelled),
-   * at index seq % CANCEL_RING; at most 1 + prefetch <= CANCEL_RING are queued */
+   * at index seq % CANCEL_RING; at most max(1 + prefetch, TINY_INFLIGHT) <=
+   * CANCEL_RING messages are queued to a worker, with consecutive seqs */
   _Atomic uint64_t cancel[CANCEL_RING];
   char pad[CAROM_CACHELINE - 16];
   uint64_t down_off, up_off;  /* offsets of the chans from the shared base */

@@ -170,9 +170,9 @@ typedef struct {
   struct iovec iov[4];
   size_t send_total, send_progress;
   unsigned sent_msgs;       /* for maxtasksperchild */
-  /* Run time of this worker's messages (EWMA of what the worker reports), to
-   * queue more of them when they are tiny. */
-  uint64_t avg_ns;
+  /* Run time of this worker's messages of task function avg_fn (EWMA of what
+   * the worker reports), to queue more of them when they are tiny. */
+  uint64_t avg_ns, avg_fn;
   /* reassembly of a multi-frame result, handed to the job as its block */
   res_block_t *rbuf;
   size_t rlen, rcap;
@@ -583,11 +583,24 @@ static bool slot_flush(carom_pool_t *p, unsigned i) {
  * two. Longer ones keep the configured prefetch, so a long task never has
  * many others stuck behind it. */
 enum { TINY_NS = 20000, TINY_INFLIGHT = 32 };
+_Static_assert((int)TINY_INFLIGHT <= (int)CANCEL_RING, "queued messages need distinct cancel marks");
 
-static unsigned slot_capacity(carom_pool_t *p, wslot_t *w) {
+static unsigned slot_capacity(carom_pool_t *p, wslot_t *w, const carom_job_t *j) {
   if (w->state != W_UP || w->sending) return 0;
   unsigned max = 1 + p->opts.prefetch;
-  if (w->avg_ns && w->avg_ns < TINY_NS && max < TINY_INFLIGHT) max = TINY_INFLIGHT;
+  if (w->avg_ns && w->avg_ns < TINY_NS && w->avg_fn == j->wfn && max < TINY_INFLIGHT) {
+    /* Tiny so far, unless the message at its head is of another function
+     * (no evidence it is tiny) or has run longer than a tiny one: then queue
+     * no more behind it than for any task. */
+    slot_t *s = pool_slot(p->shm, (unsigned)(w - p->slots));
+    flight_t *f = fifo_front(w);
+    bool long_one =
+        f && (f->job->wfn != w->avg_fn ||
+              (atomic_load_explicit(&s->started, memory_order_acquire) == f->seq + 1 &&
+               carom_now_ns() - atomic_load_explicit(&s->started_ns, memory_order_relaxed) >
+                   TINY_NS));
+    if (!long_one) max = TINY_INFLIGHT;
+  }
   unsigned room = w->fifo_n < max ? max - w->fifo_n : 0;
   if (p->opts.maxtasksperchild) {
     unsigned left = p->opts.maxtasksperchild - w->sent_msgs;
@@ -701,7 +714,7 @@ static bool dispatch(carom_pool_t *p) {
     int best = -1;
     unsigned best_room = 0;
     for (unsigned i = 0; i < p->nslots; i++) {
-      unsigned room = slot_capacity(p, &p->slots[i]);
+      unsigned room = slot_capacity(p, &p->slots[i], j);
       if (room > best_room) best = (int)i, best_room = room;
     }
     if (best < 0) break;
@@ -741,10 +754,12 @@ static void check_started(carom_pool_t *p, unsigned i) {
   if (!w->fifo_n) return;
   uint64_t s = atomic_load_explicit(&pool_slot(p->shm, i)->started, memory_order_acquire);
   if (s <= w->acc) return;
+  uint64_t seen = w->acc;
   w->acc = s;
   for (unsigned k = 0; k < w->fifo_n; k++) {
     flight_t *f = &w->fifo[(w->fifo_head + k) % w->fifo_cap];
     if (f->seq >= s) break;
+    if (f->seq < seen) continue; /* accepted at an earlier rise */
     job_accepted_by(f->job, w->pid,
                     atomic_load_explicit(&pool_slot(p->shm, i)->started_ns, memory_order_relaxed));
   }
@@ -773,8 +788,11 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
   /* The worker's own measure: a gap between results would also count the
    * time it waited for us, and a worker that runs dry (because it had too
    * little queued) would never look tiny. */
-  w->avg_ns = w->avg_ns ? (7 * w->avg_ns + h.run_ns) / 8 : h.run_ns + 1;
   carom_job_t *j = f->job;
+  /* Tininess belongs to the task function: another one starts afresh. */
+  if (w->avg_fn != j->wfn) w->avg_ns = 0;
+  w->avg_fn = j->wfn;
+  w->avg_ns = w->avg_ns ? (7 * w->avg_ns + h.run_ns) / 8 + 1 : h.run_ns + 1;
   size_t first = f->first, count = f->count;
   fifo_pop(w);
   j->inflight--;
@@ -794,8 +812,7 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
     data = keep + rlen;
   }
   if (h.seq >= w->acc) /* finished before we saw it start */
-    job_accepted_by(j, w->pid,
-                    atomic_load_explicit(&pool_slot(p->shm, i)->started_ns, memory_order_relaxed));
+    job_accepted_by(j, w->pid, h.start_ns);
   seg_t proto = {.mode = uniform ? SEG_UNIFORM : SEG_VAR, .len = h.ulen, .data = data,
                  .res = uniform ? NULL : res};
   if (uniform && h.ulen * count != dlen) carom__die("pool: bad uniform result (slot %u)", i);
@@ -830,6 +847,10 @@ static bool drain_up(carom_pool_t *p, unsigned i) {
       if (last) {
         /* The reassembled message becomes the job's block: no second copy. */
         res_block_t *b = w->rbuf;
+        if (w->rcap - w->rlen > 4096) { /* the job keeps it: no slack */
+          res_block_t *fit = realloc(b, sizeof *b + w->rlen);
+          if (fit) b = fit;
+        }
         w->rbuf = NULL;
         w->rcap = 0;
         handle_result(p, i, b->data, w->rlen, b);
@@ -883,7 +904,13 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   /* Fresh channels for the new worker: nothing of the old one is pending. */
   chan_init(down, down->data_off, down->cap);
   chan_init(up, up->data_off, up->cap);
+  /* Nothing of the old worker's words may reach the new one: its messages
+   * restart at seq 0, so a stale cancel mark or soft-limit flag would hit an
+   * unrelated message. */
   atomic_store(&s->started, 0);
+  atomic_store(&s->started_ns, 0);
+  atomic_store(&s->soft_seq, 0);
+  for (unsigned k = 0; k < CANCEL_RING; k++) atomic_store(&s->cancel[k], 0);
   atomic_store(&s->item, 0);
   atomic_store(&s->pid, 0);
   s->errmsg[0] = 0;
@@ -1135,7 +1162,10 @@ static void sweep_cancels(carom_pool_t *p) {
       if (!atomic_load_explicit(&j->cancel_req, memory_order_relaxed)) continue;
       if (f->seq >= started) {
         atomic_store_explicit(&s->cancel[f->seq % CANCEL_RING], f->seq + 1, memory_order_release);
-      } else if (atomic_load(&j->term_sig) && w->pid > 0 && !w->stop_sent) {
+      } else if (f->seq + 1 == started && atomic_load(&j->term_sig) && w->pid > 0 &&
+                 !w->stop_sent) {
+        /* The message it runs now (results already published were drained
+         * just before, so a finished one is not mistaken for it). */
         tpl_send(p, TPL_KILL, i, w->pid, atomic_load(&j->term_sig));
       }
     }
@@ -1268,6 +1298,8 @@ static void *supervisor(void *arg) {
     uint32_t ce = atomic_load(&p->cancel_epoch);
     if (ce != seen_cancel) {
       seen_cancel = ce;
+      for (unsigned i = 0; i < p->nslots; i++)
+        if (p->slots[i].state == W_STARTING || p->slots[i].state == W_UP) drain_up(p, i);
       sweep_cancels(p);
     }
     for (unsigned i = 0; i < p->nslots; i++) {

@@ -322,6 +322,7 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     if (uniform) rh.ulen = ulen;
     uint64_t now = carom_now_ns();
     rh.run_ns = now - t_start;
+    rh.start_ns = t_start;
     memcpy(out.p, &rh, sizeof rh);
     ctx.hook = NULL;
     send_up(up, h, cfg->evfd, out.p, out.len);

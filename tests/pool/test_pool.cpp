@@ -1020,3 +1020,123 @@ TEST(Pool, WorksWithoutPidfds) {
   EXPECT_LT((carom_now_ns() - t0) / 1e9, 3.0 * slow_factor());
   expect_no_children();
 }
+
+namespace {
+
+// Waits for g_gate (bounded), then ends the worker with exit code 3.
+int gate_then_exit(carom_task_ctx_t *, const void *, size_t) {
+  for (int k = 0; k < 100000 && !__atomic_load_n(g_gate, __ATOMIC_ACQUIRE); k++) usleep(100);
+  _exit(3);
+}
+
+// Waits for g_gate (bounded), then returns 1.
+int gate_then_one(carom_task_ctx_t *ctx, const void *, size_t) {
+  for (int k = 0; k < 100000 && !__atomic_load_n(g_gate, __ATOMIC_ACQUIRE); k++) usleep(100);
+  int64_t one = 1;
+  return carom_task_return(ctx, &one, sizeof one);
+}
+
+int report_soft(carom_task_ctx_t *ctx, const void *, size_t) {
+  int64_t v = carom_task_soft_expired(ctx);
+  return carom_task_return(ctx, &v, sizeof v);
+}
+
+}  // namespace
+
+// A replacement worker's messages restart at sequence 0: a cancel mark left
+// by its predecessor must not skip an unrelated job.
+TEST(Pool, CancelMarkDoesNotOutliveTheWorker) {
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = 1;
+  o.prefetch = 3;
+  carom_pool_t *p;
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  __atomic_store_n(g_gate, 0, __ATOMIC_RELEASE);
+  carom_job_t *a, *b;
+  ASSERT_EQ(0, carom_pool_apply_async(p, gate_then_exit, nullptr, 0, nullptr, &a));
+  int64_t x = 5;
+  ASSERT_EQ(0, carom_pool_apply_async(p, square, &x, sizeof x, nullptr, &b));
+  ASSERT_TRUE(wait_accepted(a));  // b sits in the worker's channel as message 1
+  ASSERT_EQ(0, carom_job_cancel(b));
+  __atomic_store_n(g_gate, 1, __ATOMIC_RELEASE);
+  timespec ts;
+  EXPECT_EQ(CAROM_EWORKERLOST, carom_job_wait(a, carom_deadline(10, &ts)));
+  EXPECT_EQ(CAROM_ECANCELLED, carom_job_wait(b, carom_deadline(10, &ts)));
+  carom_job_release(a);
+  carom_job_release(b);
+  for (int round = 0; round < 3; round++) {  // messages 0, 1, 2 ... of the new worker
+    carom_job_t *c[4];
+    for (auto &j : c) ASSERT_EQ(0, carom_pool_apply_async(p, square, &x, sizeof x, nullptr, &j));
+    for (auto &j : c) {
+      const void *d;
+      size_t n;
+      EXPECT_EQ(0, carom_job_get(j, carom_deadline(10, &ts), &d, &n)) << (const char *)d;
+      carom_job_release(j);
+    }
+  }
+  carom_pool_free(p);
+}
+
+// Nor may a soft-limit flag: a task without limits on the replacement of a
+// worker killed at its hard limit sees no soft expiry.
+TEST(Pool, SoftLimitFlagDoesNotOutliveTheWorker) {
+  carom_pool_t *p = make_pool(1);
+  carom_submit_opts_t so = {};
+  so.size = sizeof so;
+  so.soft_timeout = 0.05;
+  so.timeout = 0.15;
+  int64_t a[2] = {-1, 0};  // hangs until killed
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_apply_async(p, hang_or_echo, a, sizeof a, &so, &j));
+  timespec ts;
+  EXPECT_EQ(CAROM_ETIMELIMIT, carom_job_wait(j, carom_deadline(10, &ts)));
+  carom_job_release(j);
+  for (int k = 0; k < 3; k++) {
+    ASSERT_EQ(0, carom_pool_apply_async(p, report_soft, nullptr, 0, nullptr, &j));
+    const void *d;
+    size_t n;
+    ASSERT_EQ(0, carom_job_get(j, carom_deadline(10, &ts), &d, &n));
+    EXPECT_EQ(0, i64(d)) << "message " << k;
+    carom_job_release(j);
+  }
+  carom_pool_free(p);
+}
+
+// A worker that ran tiny tasks is not "tiny" forever: once a long task runs
+// on it, short tasks submitted after it do not queue up behind it (at most
+// prefetch of them may) but run on the other worker.
+TEST(Pool, LongTaskAfterTinyOnesHasNoQueueBehindIt) {
+  carom_pool_t *p = make_pool(2);
+  std::vector<int64_t> v(4000);
+  std::vector<iovec> items(v.size());
+  for (size_t i = 0; i < v.size(); i++) {
+    v[i] = static_cast<int64_t>(i);
+    items[i] = {&v[i], sizeof v[i]};
+  }
+  carom_job_t *warm;
+  ASSERT_EQ(0, carom_pool_map(p, square, items.data(), items.size(), 1, &warm));
+  carom_job_release(warm);
+  __atomic_store_n(g_gate, 0, __ATOMIC_RELEASE);
+  carom_job_t *slow;
+  ASSERT_EQ(0, carom_pool_apply_async(p, gate_then_one, nullptr, 0, nullptr, &slow));
+  ASSERT_TRUE(wait_accepted(slow));
+  std::vector<carom_job_t *> quick(16);
+  int64_t x = 3;
+  for (auto &j : quick) ASSERT_EQ(0, carom_pool_apply_async(p, square, &x, sizeof x, nullptr, &j));
+  // All but at most prefetch (1) of them finish while the slow task still runs.
+  EXPECT_TRUE(wait_until([&] {
+    size_t done = 0;
+    for (auto *j : quick) done += carom_job_ready(j);
+    return done >= quick.size() - 1;
+  }));
+  __atomic_store_n(g_gate, 1, __ATOMIC_RELEASE);
+  timespec ts;
+  EXPECT_EQ(0, carom_job_wait(slow, carom_deadline(10, &ts)));
+  for (auto *j : quick) {
+    EXPECT_EQ(0, carom_job_wait(j, carom_deadline(10, &ts)));
+    carom_job_release(j);
+  }
+  carom_job_release(slow);
+  carom_pool_free(p);
+}
