@@ -1770,6 +1770,7 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   in_contig &= in_uniform && base0 != NULL;
   carom_submit_opts_t cb = {0};
   if (opts) memcpy(&cb, opts, opts->size);
+  if (chunksize > UINT32_MAX) chunksize = UINT32_MAX; /* a message's count is 32-bit */
   if (chunksize == 0 && kind != JOB_APPLY) {
     /* Python's default, ceil(n / (4 * processes)), capped so that a chunk's
      * task message (and a result of the same size) fits one channel frame:
