@@ -1499,7 +1499,7 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   o.size = sizeof o;
   if (o.processes < 0 || o.processes > 4096) return -EINVAL;
   if (o.processes == 0) o.processes = carom_cpu_count();
-  if (o.channel_bytes == 0) o.channel_bytes = 1u << 20;
+  if (o.channel_bytes == 0) o.channel_bytes = 1u << 18;
   if (o.channel_bytes < 16384 || o.channel_bytes > (1ull << 32) ||
       (o.channel_bytes & (o.channel_bytes - 1)))
     return -EINVAL;
@@ -1773,7 +1773,7 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   if (chunksize > UINT32_MAX) chunksize = UINT32_MAX; /* a message's count is 32-bit */
   if (chunksize == 0 && kind != JOB_APPLY) {
     /* Python's default, ceil(n / (4 * processes)), capped so that a chunk's
-     * task message (and a result of the same size) fits one channel frame:
+     * task message (and a result as large as the item) fits one channel frame:
      * such chunks travel without any copy but the one into the ring, and the
      * worker's buffers stay in cache. */
     size_t d = 4 * p->target;
@@ -1781,8 +1781,14 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
     size_t bytes = 0;
     for (size_t i = 0; i < n && i < 1024; i++) bytes += items[i].iov_len;
     size_t sample = n < 1024 ? n : 1024;
-    size_t per_item = (sample ? bytes / sample : 0) + sizeof(uint32_t) + sizeof(item_res_t) + 8;
-    size_t budget = (p->opts.channel_bytes / 4 - 64) / 2;
+    /* Per item: its bytes (+ a length unless all are one size) down, and a
+     * result record + a result guessed as large as the item (at least 8
+     * bytes) up; the larger of the two must fit a frame. */
+    size_t avg = sample ? bytes / sample : 0;
+    size_t down = avg + (in_uniform ? 0 : sizeof(uint32_t));
+    size_t up = sizeof(item_res_t) + (avg > 8 ? avg : 8);
+    size_t per_item = down > up ? down : up;
+    size_t budget = p->opts.channel_bytes / 4 - 256;
     size_t cap = budget / per_item;
     if (chunksize > cap) chunksize = cap;
     if (chunksize == 0) chunksize = 1;

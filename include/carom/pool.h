@@ -105,7 +105,9 @@ typedef struct {
   unsigned maxtasksperchild;    /* 0 = unlimited */
   unsigned prefetch;            /* messages queued per worker beyond the running one; default 1,
                                    at most 31 (tasks under 20 µs get up to 32 queued anyway) */
-  size_t channel_bytes;         /* shared-memory channel size per direction per worker; default 1 MiB */
+  size_t channel_bytes;         /* shared-memory channel size per direction per worker; default
+                                   256 KiB (a power of two, 16 KiB to 4 GiB); messages over a
+                                   quarter of it are streamed in pieces */
   bool catch_sigint;            /* false (default): workers ignore SIGINT */
   /* Time limits for every task, in seconds, counted from the moment a worker
    * starts the task (0 = none). Per-task values in carom_submit_opts_t win.
