@@ -118,6 +118,12 @@ typedef struct {
   _Atomic uint64_t started;   /* messages started (seq of the running one + 1) */
   _Atomic uint64_t started_ns; /* CLOCK_MONOTONIC when the running message started */
   _Atomic uint64_t soft_seq;  /* seq + 1 of the message whose soft limit expired */
+  /* Written by the supervisor before it has the worker killed for message
+   * seq: seq + 2, "run no message whose seq + 1 >= this". The worker raises
+   * `started` (seq_cst), then reads this (seq_cst) before a message's first
+   * item, and exits with EX_STOPPED instead of running it; so a kill meant
+   * for a message that has just finished never takes the next one along. */
+  _Atomic uint64_t stop_at;
   _Atomic int32_t pid;        /* worker pid (also set by the supervisor) */
   char errmsg[ERRMSG_MAX];    /* initializer failure message */
   /* written by the supervisor: seq + 1 of queued messages to skip (cancelled),
@@ -140,7 +146,7 @@ typedef struct {
 } pool_shm_t;
 
 /* Worker exit codes with a meaning. */
-enum { EX_RECYCLE = 0x9B, EX_INITFAIL = 0x9C, EX_SETUP = 0x9D };
+enum { EX_RECYCLE = 0x9B, EX_INITFAIL = 0x9C, EX_SETUP = 0x9D, EX_STOPPED = 0x9E };
 
 /* ------------------------------------------------------------ template */
 

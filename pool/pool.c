@@ -910,6 +910,7 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   atomic_store(&s->started, 0);
   atomic_store(&s->started_ns, 0);
   atomic_store(&s->soft_seq, 0);
+  atomic_store(&s->stop_at, 0);
   for (unsigned k = 0; k < CANCEL_RING; k++) atomic_store(&s->cancel[k], 0);
   atomic_store(&s->item, 0);
   atomic_store(&s->pid, 0);
@@ -960,8 +961,13 @@ static void worker_gone(carom_pool_t *p, unsigned i) {
   if (w->stop_sent && ex.how != CAROM_WORKER_RECYCLED && ex.how != CAROM_WORKER_INIT_FAILED)
     ex.how = CAROM_WORKER_SHUTDOWN; /* we stopped it: close or terminate */
 
-  /* What it was running fails; what it had not started goes back. */
+  /* What it was running fails; what it had not started goes back. A worker
+   * that exited EX_STOPPED, or was killed while stop_at was set, never ran a
+   * message at or past stop_at - 1 (see slot_t.stop_at). */
   uint64_t started = atomic_load_explicit(&s->started, memory_order_acquire);
+  uint64_t stop_at = atomic_load_explicit(&s->stop_at, memory_order_acquire);
+  if (w->have_status && WIFEXITED(st) && WEXITSTATUS(st) == EX_STOPPED && started) started--;
+  else if (stop_at && started > stop_at - 1) started = stop_at - 1;
   uint32_t item = atomic_load_explicit(&s->item, memory_order_relaxed);
   char msg[ERRMSG_MAX];
   if (ex.exitcode < 0)
@@ -1151,6 +1157,23 @@ static void intake(carom_pool_t *p) {
 /* Handle cancel/terminate requests: queued jobs end now, messages already in
  * a worker's channel are marked to be skipped, and a terminated job's running
  * workers get the signal. */
+/* Have the worker in slot i killed (signal sig) for its message f, unless it
+ * has moved past f already (see slot_t.stop_at): true when the kill went. */
+static bool kill_for_message(carom_pool_t *p, unsigned i, const flight_t *f, int sig) {
+  wslot_t *w = &p->slots[i];
+  slot_t *s = pool_slot(p->shm, i);
+  atomic_store_explicit(&s->stop_at, f->seq + 2, memory_order_seq_cst);
+  if (atomic_load_explicit(&s->started, memory_order_seq_cst) != f->seq + 1) {
+    /* It raised `started` for the next message before it could see stop_at
+     * (it runs it; clearing is harmless) or saw it and exits EX_STOPPED
+     * without running it (worker_gone counts that message as not started). */
+    atomic_store_explicit(&s->stop_at, 0, memory_order_seq_cst);
+    return false;
+  }
+  tpl_send(p, TPL_KILL, i, w->pid, sig);
+  return true;
+}
+
 static void sweep_cancels(carom_pool_t *p) {
   for (unsigned i = 0; i < p->nslots; i++) {
     wslot_t *w = &p->slots[i];
@@ -1166,7 +1189,7 @@ static void sweep_cancels(carom_pool_t *p) {
                  !w->stop_sent) {
         /* The message it runs now (results already published were drained
          * just before, so a finished one is not mistaken for it). */
-        tpl_send(p, TPL_KILL, i, w->pid, atomic_load(&j->term_sig));
+        kill_for_message(p, i, f, atomic_load(&j->term_sig));
       }
     }
   }
@@ -1208,7 +1231,7 @@ static uint64_t enforce_limits(carom_pool_t *p, uint64_t now) {
       uint64_t dl = t0 + j->hard_ns;
       if (now >= dl) {
         w->hard_sent = f->seq + 1;
-        tpl_send(p, TPL_KILL, i, w->pid, SIGKILL);
+        if (!kill_for_message(p, i, f, SIGKILL)) continue; /* it finished just now */
         carom__warn("pool: job %llu exceeded its time limit (%.3f s); killing worker %d",
                     (unsigned long long)j->id, j->hard_ns / 1e9, (int)w->pid);
         if (j->cb.timeout_callback)

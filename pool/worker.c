@@ -265,7 +265,9 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     atomic_store_explicit(&slot->item, 0, memory_order_relaxed);
     const uint64_t t_start = carom_now_ns();
     atomic_store_explicit(&slot->started_ns, t_start, memory_order_relaxed);
-    atomic_store_explicit(&slot->started, hdr.seq + 1, memory_order_release);
+    atomic_store_explicit(&slot->started, hdr.seq + 1, memory_order_seq_cst);
+    uint64_t stop = atomic_load_explicit(&slot->stop_at, memory_order_seq_cst);
+    if (stop && hdr.seq + 1 >= stop) _exit(EX_STOPPED); /* a kill is on its way */
     if (hdr.kind & MSG_F_WAKE_ON_START) carom__pool_wake_supervisor(h, cfg->evfd);
     bool skip = atomic_load_explicit(&slot->cancel[hdr.seq % CANCEL_RING],
                                      memory_order_acquire) == hdr.seq + 1;

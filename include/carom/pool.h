@@ -77,7 +77,9 @@ CAROM_EXTERN void carom_task_on_soft_timeout(carom_task_ctx_t *ctx, void (*hook)
 
 /* Why a worker ended (reported to on_process_down / on_process_exit). */
 typedef enum {
-  CAROM_WORKER_EXITED = 1,    /* exited on its own (exit code in `exitcode`) */
+  CAROM_WORKER_EXITED = 1,    /* exited on its own (exit code in `exitcode`; 158: it had
+                                 just finished a message the pool was killing it for (time
+                                 limit, job terminate) and stopped before running the next) */
   CAROM_WORKER_SIGNALED,      /* killed by a signal (exitcode = -signal) */
   CAROM_WORKER_RECYCLED,      /* planned: maxtasksperchild reached */
   CAROM_WORKER_INIT_FAILED,   /* its initializer failed */

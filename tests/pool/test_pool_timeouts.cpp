@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <atomic>
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "carom/pool.h"
@@ -390,4 +391,56 @@ TEST_F(PoolTimeouts, OwnerSigtermShutsDownWithGrace) {
   ASSERT_TRUE(wait_flag(&g_shared->hook_ran));
   ASSERT_EQ(0, kill(owner, SIGTERM));
   EXPECT_EQ(0, reap_code(owner, 10));
+}
+
+namespace {
+
+// Sleeps the int64 argument (µs), returns it.
+int sleep_us(carom_task_ctx_t *ctx, const void *arg, size_t) {
+  int64_t us;
+  memcpy(&us, arg, sizeof us);
+  struct timespec ts = {static_cast<time_t>(us / 1000000), static_cast<long>(us % 1000000) * 1000};
+  while (nanosleep(&ts, &ts) != 0) {
+  }
+  return carom_task_return(ctx, &us, sizeof us);
+}
+
+}  // namespace
+
+// A task that ends right at its hard limit: the kill the supervisor sends
+// for it must never take the next task (no limit) along. Tasks straddle the
+// limit so that many end inside the kill's round trip; each pair is checked.
+TEST_F(PoolTimeouts, KillForAFinishedTaskSparesTheNextOne) {
+  carom_pool_opts_t o = {};
+  o.size = sizeof o;
+  o.processes = 1;
+  o.prefetch = 1;
+  carom_pool_t *p;
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  std::mt19937 rng(7);
+  int limited = 0, finished = 0;
+  for (int i = 0; i < 200; i++) {
+    carom_submit_opts_t so = {};
+    so.size = sizeof so;
+    so.timeout = 0.010;
+    int64_t us = 9800 + static_cast<int64_t>(rng() % 500);  // around the 10 ms limit
+    int64_t next_us = 1000;
+    carom_job_t *a, *b;
+    ASSERT_EQ(0, carom_pool_apply_async(p, sleep_us, &us, sizeof us, &so, &a));
+    ASSERT_EQ(0, carom_pool_apply_async(p, sleep_us, &next_us, sizeof next_us, nullptr, &b));
+    timespec ts;
+    int ra = carom_job_wait(a, carom_deadline(10, &ts));
+    EXPECT_TRUE(ra == 0 || ra == CAROM_ETIMELIMIT) << ra;
+    limited += ra == CAROM_ETIMELIMIT;
+    finished += ra == 0;
+    const void *d;
+    size_t n;
+    int rb = carom_job_get(b, carom_deadline(10, &ts), &d, &n);
+    EXPECT_EQ(0, rb) << "round " << i << ": " << (rb ? static_cast<const char *>(d) : "");
+    carom_job_release(a);
+    carom_job_release(b);
+  }
+  EXPECT_EQ(200, limited + finished);
+  carom_pool_free(p);
+  expect_no_children();
 }
