@@ -139,6 +139,11 @@ struct carom_job {
    * result message (the job is malloc'ed, so no _Alignas). */
   char pad_before_next[CAROM_CACHELINE];
   _Atomic size_t next_unordered, next_ordered;
+  /* The segment a reader found last: consecutive reads mostly fall in it,
+   * and an item lies in exactly one published segment, so a hint that
+   * covers the item is the answer (no division, no list walk). Stored with
+   * release by a reader that acquired the segment, loaded with acquire. */
+  _Atomic(const struct seg *) hint;
   char pad_after_next[CAROM_CACHELINE];
 };
 
@@ -1963,8 +1968,12 @@ static const seg_t *item_seg(carom_job_t *j, size_t i) {
 
 /* Item i if it has ended: its code, data and length. */
 static int item_read(carom_job_t *j, size_t i, const void **data, size_t *len) {
-  const seg_t *sg = item_seg(j, i);
-  if (!sg) return CAROM_ENOTREADY;
+  const seg_t *sg = atomic_load_explicit(&j->hint, memory_order_acquire);
+  if (!sg || i - sg->first >= sg->count) {
+    sg = item_seg(j, i);
+    if (!sg) return CAROM_ENOTREADY;
+    atomic_store_explicit(&j->hint, sg, memory_order_release);
+  }
   size_t k = i - sg->first;
   const char *d;
   size_t l;
