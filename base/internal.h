@@ -130,7 +130,7 @@ static inline void carom__cpu_relax(void) {
 #endif
 }
 
-/* ---- private wire formats (base/wire.c) ---- */
+/* ---- private wire formats and growable buffers (base/wire.c) ---- */
 typedef struct {
   unsigned char *p;
   size_t len, cap;
@@ -143,6 +143,8 @@ typedef struct {
   bool bad; /* a get went past the end */
 } carom__rbuf_t;
 
+/* Room for n more bytes at p + len (false once an allocation failed). */
+bool carom__wreserve(carom__wbuf_t *w, size_t n);
 void carom__wput(carom__wbuf_t *w, const void *d, size_t n);
 void carom__wput_u32(carom__wbuf_t *w, uint32_t v);
 void carom__wput_u64(carom__wbuf_t *w, uint64_t v);

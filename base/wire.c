@@ -13,19 +13,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-void carom__wput(carom__wbuf_t *w, const void *d, size_t n) {
-  if (w->oom) return;
+bool carom__wreserve(carom__wbuf_t *w, size_t n) {
+  if (w->oom) return false;
   if (w->len + n > w->cap) {
     size_t c = w->cap ? w->cap : 256;
     while (c < w->len + n) c *= 2;
     unsigned char *q = realloc(w->p, c);
     if (!q) {
       w->oom = true;
-      return;
+      return false;
     }
     w->p = q;
     w->cap = c;
   }
+  return true;
+}
+
+void carom__wput(carom__wbuf_t *w, const void *d, size_t n) {
+  if (!carom__wreserve(w, n)) return;
   if (n) memcpy(w->p + w->len, d, n);
   w->len += n;
 }

@@ -94,7 +94,7 @@ struct carom_job {
   uint32_t *in_len;  /* n lengths */
   bool in_uniform;   /* every item is in_ulen bytes long (lengths not sent) */
   uint32_t in_ulen;
-  const char *in_block; /* borrowed uniform items back to back from here (or NULL) */
+  const char *in_block; /* items of one length back to back from here (or NULL) */
   const struct iovec *uitems; /* borrowed: the caller's items (blocking map) */
   carom_submit_opts_t cb;
   uint64_t soft_ns, hard_ns; /* limits (0: none) */
@@ -630,20 +630,17 @@ static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first,
   size_t pad = ((lens_bytes + 7) & ~(size_t)7) - lens_bytes;
   w->iov[0] = (struct iovec){w->hdr, sizeof h};
   w->iov[2] = (struct iovec){(void *)zeros, pad};
+  w->iov[1] = (struct iovec){NULL, 0};
+  w->iov[3] = (struct iovec){NULL, 0};
   w->send_items = NULL;
   w->send_nitems = 0;
-  if (j->uitems) {
-    size_t bytes = 0;
-    if (j->in_block) { /* one block: no per-item gather */
-      w->iov[1] = (struct iovec){NULL, 0};
-      bytes = count * (size_t)j->in_ulen;
-      w->iov[3] = (struct iovec){(void *)(j->in_block + first * (size_t)j->in_ulen), bytes};
-      w->send_total = sizeof h + pad + bytes;
-      goto queued;
-    }
+  size_t gathered = 0; /* bytes of borrowed items gathered one by one */
+  if (j->in_block) { /* items of one length back to back: one block */
+    w->iov[3] = (struct iovec){(void *)(j->in_block + first * (size_t)j->in_ulen),
+                               count * (size_t)j->in_ulen};
+  } else if (j->uitems) { /* the caller's scattered items */
     if (j->in_uniform) {
-      w->iov[1] = (struct iovec){NULL, 0};
-      bytes = count * (size_t)j->in_ulen;
+      gathered = count * (size_t)j->in_ulen;
     } else {
       if (count > w->lens_cap) {
         uint32_t *nl = realloc(w->lens, count * sizeof *nl);
@@ -653,26 +650,19 @@ static void send_task(carom_pool_t *p, unsigned i, carom_job_t *j, size_t first,
       }
       for (size_t k = 0; k < count; k++) {
         w->lens[k] = (uint32_t)j->uitems[first + k].iov_len;
-        bytes += w->lens[k];
+        gathered += w->lens[k];
       }
       w->iov[1] = (struct iovec){w->lens, lens_bytes};
     }
-    w->iov[3] = (struct iovec){NULL, 0};
     w->send_items = j->uitems + first;
     w->send_nitems = count;
-    w->send_total = sizeof h + lens_bytes + pad + bytes;
-  } else {
-    if (j->in_uniform) {
-      w->iov[1] = (struct iovec){NULL, 0};
-      w->iov[3] = (struct iovec){j->in + first * (size_t)j->in_ulen, count * (size_t)j->in_ulen};
-    } else {
-      w->iov[1] = (struct iovec){j->in_len + first, lens_bytes};
-      w->iov[3] = (struct iovec){j->in + j->in_off[first],
-                                 j->in_off[first + count] - j->in_off[first]};
-    }
-    w->send_total = w->iov[0].iov_len + w->iov[1].iov_len + w->iov[2].iov_len + w->iov[3].iov_len;
+  } else { /* copied items of several lengths */
+    w->iov[1] = (struct iovec){j->in_len + first, lens_bytes};
+    w->iov[3] = (struct iovec){j->in + j->in_off[first],
+                               j->in_off[first + count] - j->in_off[first]};
   }
-queued:
+  w->send_total = w->iov[0].iov_len + w->iov[1].iov_len + w->iov[2].iov_len +
+                  w->iov[3].iov_len + gathered;
   w->send_progress = 0;
   w->sending = true;
   fifo_push(w, (flight_t){j, first, count, w->seq});
@@ -1830,7 +1820,10 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   j->wfn = wfn;
   j->in_uniform = in_uniform;
   j->in_ulen = in_uniform ? (uint32_t)items[0].iov_len : 0;
+  /* Items of one length back to back, read in place (borrowed) or as
+   * copied, travel as one block per chunk. */
   if (borrow && in_contig) j->in_block = base0;
+  else if (!borrow && in_uniform) j->in_block = j->in;
   int rc = submit(p, j, cb.nowait);
   if (rc) {
     atomic_store(&j->refs, 1);

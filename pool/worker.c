@@ -18,13 +18,8 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
-typedef struct {
-  char *p;
-  size_t len, cap;
-} gbuf_t;
-
 struct carom_task_ctx {
-  gbuf_t *out;  /* the result message being built */
+  carom__wbuf_t *out; /* the result message being built */
   size_t start; /* where the running item's result bytes begin in it */
   char err[ERRMSG_MAX];
   bool has_err;
@@ -55,22 +50,14 @@ void carom_task_on_soft_timeout(carom_task_ctx_t *ctx, void (*hook)(void *), voi
   ctx->hook = hook;
 }
 
-static int gbuf_reserve(gbuf_t *b, size_t extra) {
-  if (b->len + extra <= b->cap) return 0;
-  size_t cap = b->cap ? b->cap : 4096;
-  while (cap < b->len + extra) cap *= 2;
-  char *p = realloc(b->p, cap);
-  if (!p) return -ENOMEM;
-  b->p = p;
-  b->cap = cap;
-  return 0;
-}
-
 /* Result bytes go straight into the result message: one copy, not two. */
 int carom_task_return(carom_task_ctx_t *ctx, const void *data, size_t len) {
-  gbuf_t *o = ctx->out;
-  if (len > o->cap - o->len && gbuf_reserve(o, len) != 0) return -ENOMEM;
-  char *dst = o->p + o->len;
+  carom__wbuf_t *o = ctx->out;
+  if (len > o->cap - o->len && !carom__wreserve(o, len)) {
+    o->oom = false; /* the buffer is intact: the task fails, the worker goes on */
+    return -ENOMEM;
+  }
+  unsigned char *dst = o->p + o->len;
   if (len >= 8 && len <= 16) { /* small results: two overlapping moves, no call */
     memcpy(dst, data, 8);
     memcpy(dst + len - 8, (const char *)data + len - 8, 8);
@@ -218,7 +205,7 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
 
   carom_task_ctx_t ctx = {.slot = slot};
   soft_ctx = &ctx;
-  gbuf_t in = {0}, out = {0};
+  carom__wbuf_t in = {0}, out = {0};
   unsigned done_msgs = 0;
   uint64_t last_reap = 0;
   uint64_t last_ref = 0;
@@ -232,16 +219,15 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     } else { /* reassemble a message that spans frames */
       in.len = 0;
       for (;;) {
-        if (gbuf_reserve(&in, f->len) != 0) _exit(EX_SETUP);
-        memcpy(in.p + in.len, f + 1, f->len);
-        in.len += f->len;
+        carom__wput(&in, f + 1, f->len);
+        if (in.oom) _exit(EX_SETUP);
         bool last = f->flags & FR_LAST;
         chan_consume(down, f);
         space_freed(down, h, cfg->evfd);
         if (last) break;
         f = wait_frame(down);
       }
-      msg = in.p;
+      msg = (const char *)in.p;
     }
     msg_t hdr;
     memcpy(&hdr, msg, sizeof hdr);
@@ -276,7 +262,7 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     out.len = 0;
     size_t res_off = sizeof(msg_t);
     size_t data_off = res_off + (size_t)hdr.count * sizeof(item_res_t);
-    if (gbuf_reserve(&out, data_off) != 0) _exit(EX_SETUP);
+    if (!carom__wreserve(&out, data_off)) _exit(EX_SETUP);
     out.len = data_off;
     ctx.out = &out;
     bool uniform = true;
@@ -309,9 +295,8 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
         if (!ctx.has_err) snprintf(ctx.err, sizeof ctx.err, "%s", carom_strerror(code));
         out.len = ctx.start;
         n = strlen(ctx.err) + 1;
-        if (gbuf_reserve(&out, n) != 0) _exit(EX_SETUP);
-        memcpy(out.p + out.len, ctx.err, n);
-        out.len += n;
+        carom__wput(&out, ctx.err, n);
+        if (out.oom) _exit(EX_SETUP);
       }
       item_res_t r = {code, (uint32_t)n};
       memcpy(out.p + res_off + k * sizeof r, &r, sizeof r);
