@@ -20,6 +20,49 @@ inline bool wait_accepted(carom_job_t *job, double timeout_s = 10) {
   return wait_until([job] { return carom_job_accepted(job); }, timeout_s);
 }
 
+// The pid of the worker running `job`, once a worker has started it; -1 if
+// none did within timeout_s (scaled).
+inline pid_t running_pid(carom_job_t *job, double timeout_s = 10) {
+  pid_t pid;
+  if (!wait_accepted(job, timeout_s) || carom_job_pids(job, &pid, 1) != 1) return -1;
+  return pid;
+}
+
+// Items 0, 1, ..., n-1 as int64 map arguments (v[i] == i).
+struct Int64Items {
+  std::vector<int64_t> v;
+  std::vector<iovec> iov;
+  explicit Int64Items(size_t n) : v(n), iov(n) {
+    for (size_t i = 0; i < n; i++) {
+      v[i] = static_cast<int64_t>(i);
+      iov[i] = {&v[i], sizeof v[i]};
+    }
+  }
+  size_t size() const { return v.size(); }
+};
+
+// Tasks that sleep for their int64 argument (milliseconds / microseconds)
+// and return it; a task whose soft limit expires gives up ("gave up",
+// -EINTR: the soft-limit signal interrupts the sleep).
+inline int sleep_task(carom_task_ctx_t *ctx, struct timespec ts, const void *arg) {
+  while (nanosleep(&ts, &ts) != 0) {
+    if (carom_task_soft_expired(ctx)) return carom_task_fail(ctx, -EINTR, "gave up");
+  }
+  return carom_task_return(ctx, arg, sizeof(int64_t));
+}
+inline int sleep_ms(carom_task_ctx_t *ctx, const void *arg, size_t) {
+  int64_t ms;
+  memcpy(&ms, arg, sizeof ms);
+  return sleep_task(ctx, {static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000},
+                    arg);
+}
+inline int sleep_us(carom_task_ctx_t *ctx, const void *arg, size_t) {
+  int64_t us;
+  memcpy(&us, arg, sizeof us);
+  return sleep_task(ctx, {static_cast<time_t>(us / 1000000), static_cast<long>(us % 1000000) * 1000},
+                    arg);
+}
+
 // Wait until *flag becomes nonzero (set by a child through shared memory).
 inline bool wait_flag(const volatile int *flag, double timeout_s = 10) {
   return wait_until([flag] { return *flag != 0; }, timeout_s);
