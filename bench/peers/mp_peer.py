@@ -152,24 +152,24 @@ def _pool(m, **kw):
     return pool
 
 
-def w_pool_map(m, n):
+def _timed_sum(m, n, what, run):
+    """items/s of run(pool) over range(n), whose results must sum to n(n+1)/2."""
     with _pool(m) as pool:
         t0 = time.perf_counter()
-        s = sum(pool.map(trivial, range(n)))
+        s = sum(run(pool))
         t1 = time.perf_counter()
     if s != n * (n + 1) // 2:
-        raise Wrong("map result wrong")
+        raise Wrong(what + " result wrong")
     return n / (t1 - t0), "items/s"
+
+
+def w_pool_map(m, n):
+    return _timed_sum(m, n, "map", lambda pool: pool.map(trivial, range(n)))
 
 
 def w_pool_map_chunk1(m, n):
-    with _pool(m) as pool:
-        t0 = time.perf_counter()
-        s = sum(pool.map(trivial, range(n), chunksize=1))
-        t1 = time.perf_counter()
-    if s != n * (n + 1) // 2:
-        raise Wrong("map chunksize=1 result wrong")
-    return n / (t1 - t0), "items/s"
+    return _timed_sum(m, n, "map chunksize=1",
+                      lambda pool: pool.map(trivial, range(n), chunksize=1))
 
 
 def w_apply_async(m, n):
@@ -183,13 +183,8 @@ def w_apply_async(m, n):
 
 
 def w_imap_unordered(m, n):
-    with _pool(m) as pool:
-        t0 = time.perf_counter()
-        s = sum(pool.imap_unordered(trivial, range(n), chunksize=100))
-        t1 = time.perf_counter()
-    if s != n * (n + 1) // 2:
-        raise Wrong("imap_unordered result wrong")
-    return n / (t1 - t0), "items/s"
+    return _timed_sum(m, n, "imap_unordered",
+                      lambda pool: pool.imap_unordered(trivial, range(n), chunksize=100))
 
 
 def w_maxtasks1(m, n):
