@@ -55,7 +55,23 @@ int carom__pidfd_open(pid_t pid) {
   return -e;
 }
 
-bool carom__use_pidfd(void) { return atomic_load_explicit(&pidfd_mode, memory_order_relaxed) != 2; }
+/* Callers decide before they fork whether the child gets a pidfd or another
+ * sentinel, so "unknown" must be settled here, not by the first failure after
+ * the fork: open (and close) a pidfd of ourselves once. */
+bool carom__use_pidfd(void) {
+  int mode = atomic_load_explicit(&pidfd_mode, memory_order_relaxed);
+  if (mode == 0) {
+    int fd = carom__pidfd_open(getpid());
+    if (fd >= 0) {
+      close(fd);
+      int unknown = 0;
+      atomic_compare_exchange_strong_explicit(&pidfd_mode, &unknown, 1, memory_order_relaxed,
+                                              memory_order_relaxed);
+    }
+    mode = atomic_load_explicit(&pidfd_mode, memory_order_relaxed);
+  }
+  return mode != 2;
+}
 void carom__proc_force_no_pidfd(bool off) {
   atomic_store_explicit(&pidfd_mode, off ? 2 : 0, memory_order_relaxed);
 }

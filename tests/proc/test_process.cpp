@@ -9,15 +9,19 @@
 #include <gtest/gtest.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -715,6 +719,32 @@ TEST(Process, MisuseErrors) {
 }
 
 // ------------------------------------------------ fallback sentinels
+
+// A kernel (or seccomp policy) without pidfd_open, for real: the syscall
+// fails with ENOSYS in this process and every image it execs. The first start
+// under each method must already choose the fallback sentinel (the mode is
+// settled before the fork, not learnt from a failure after it).
+TEST(Process, FirstStartsWorkWhenPidfdOpenIsRefused) {
+  pid_t c = fork_child([] {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_open, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {static_cast<unsigned short>(sizeof f / sizeof *f), f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 20;
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) return 21;
+    if (syscall(SYS_pidfd_open, getpid(), 0) != -1 || errno != ENOSYS) return 22;
+    int byte = 1;
+    for (const char *m : kMethods) {
+      if (run_fn(m, t_return, byte) != byte) return byte;  // the first start of each method
+      byte++;
+    }
+    return count_zombies() == 0 ? 0 : 9;
+  });
+  EXPECT_EQ(0, reap_code(c, 120));
+}
 
 TEST(Process, DeathPipeFallbackWithoutPidfd) {
   pid_t c = fork_child([] {
