@@ -65,6 +65,8 @@ static int crypto_ready(void) {
   return crypto.err;
 }
 
+int carom__auth_ready(void) { return crypto_ready(); }
+
 static const char CHALLENGE[] = "#CHALLENGE#";
 static const char WELCOME[] = "#WELCOME#";
 static const char FAILURE[] = "#FAILURE#";

@@ -90,14 +90,18 @@ ssize_t carom__conn_recv_into(carom_conn_t *c, void *buf, size_t buflen, size_t 
 
 /* Server side first half: send a challenge, check the reply, send
  * WELCOME/FAILURE. 0, CAROM_EAUTH, or an I/O error. */
-/* Test switch: behave as if libcrypto could not be loaded (the handshake
- * then fails with -ELIBACC), or load it again normally (false). */
-void carom__auth_force_no_crypto(bool missing);
 int carom__auth_deliver(carom_conn_t *c, const void *key, size_t keylen,
                         const struct timespec *deadline);
 /* Answer the peer's challenge and read its verdict. 0, CAROM_EAUTH, or an
  * I/O error. */
 int carom__auth_answer(carom_conn_t *c, const void *key, size_t keylen,
                        const struct timespec *deadline);
+/* libcrypto loaded (on first use): 0, or -ELIBACC. Listener and Client with a
+ * key check it when they are created, before any peer is involved (and in
+ * the parent, not first in a forked worker). */
+int carom__auth_ready(void);
+/* Test switch: behave as if libcrypto could not be loaded (the handshake
+ * then fails with -ELIBACC), or load it again normally (false). */
+void carom__auth_force_no_crypto(bool missing);
 
 #endif /* CAROM_IPC_INTERNAL_H */

@@ -136,6 +136,8 @@ int carom_listener_create(const carom_listener_opts_t *opts, carom_listener_t **
   if (LOPT_HAS(opts, conn) && opts->conn.size) l->conn_opts = opts->conn;
   int r = 0;
   if (LOPT_HAS(opts, authkey_len) && opts->authkey) {
+    r = carom__auth_ready();
+    if (r) goto fail;
     l->key = malloc(opts->authkey_len ? opts->authkey_len : 1);
     if (!l->key) {
       r = -ENOMEM;
@@ -340,6 +342,7 @@ int carom_conn_create_client(const char *address, const carom_client_opts_t *opt
   addr_t a;
   int r = parse_address(address, false, &a);
   if (r) return r;
+  if (COPT_HAS(opts, authkey_len) && opts->authkey && (r = carom__auth_ready()) != 0) return r;
   int fd = socket(a.family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd == -1) return -errno;
   r = connect_deadline(fd, &a, deadline);

@@ -175,7 +175,8 @@ CAROM_EXTERN int carom_conn_closed(const carom_conn_t *c);
  * whether a key is used: without a key no handshake happens. OpenSSL's
  * libcrypto (libcrypto.so.3) is loaded on the first handshake rather than
  * linked, so processes that never authenticate do not map it; when it cannot
- * be loaded, handshakes fail with -ELIBACC (and an error is logged).
+ * be loaded, a Listener or Client with a key fails at creation with -ELIBACC
+ * (and an error is logged).
  *
  * Unix-socket Listeners also check the peer's uid (SO_PEERCRED): a peer
  * running as another user (other than root) is refused unless

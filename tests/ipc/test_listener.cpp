@@ -208,23 +208,40 @@ TEST(Listener, WrongKeyFailsOnBothSides) {
 
 extern "C" void carom__auth_force_no_crypto(bool missing);
 
-// libcrypto is loaded on the first handshake; when it cannot be, both sides
-// fail with -ELIBACC (not an authentication failure) and nothing leaks.
-TEST(Listener, MissingLibcryptoFailsHandshakeClearly) {
+// libcrypto is loaded on first use; when it cannot be, a Listener or Client
+// with a key fails at creation with -ELIBACC (not an authentication failure,
+// and before any peer is involved), and a Listener whose library goes missing
+// later fails its accept the same way. Nothing leaks.
+TEST(Listener, MissingLibcryptoFailsClearly) {
   int before = count_fds();
-  carom__auth_force_no_crypto(true);
   struct Restore {
     ~Restore() { carom__auth_force_no_crypto(false); }
   } restore;
-  carom_listener_t *l = make_listener(nullptr, kKey);
+  carom_listener_t *l = make_listener(nullptr, kKey);  // while libcrypto loads
   ASSERT_NE(nullptr, l);
   std::string addr = carom_listener_address(l);
-  pid_t c = fork_child([&] {
-    carom_conn_t *conn = nullptr;
-    int r = client(addr.c_str(), kKey, &conn);
-    return r == -ELIBACC && conn == nullptr ? 0 : 1;
-  });
+  carom__auth_force_no_crypto(true);
+  carom_listener_opts_t o = {};
+  o.size = sizeof o;
+  o.authkey = kKey;
+  o.authkey_len = strlen(kKey);
+  carom_listener_t *l2 = nullptr;
+  EXPECT_EQ(-ELIBACC, carom_listener_create(&o, &l2));
+  EXPECT_EQ(nullptr, l2);
   carom_conn_t *conn = nullptr;
+  EXPECT_EQ(-ELIBACC, client(addr.c_str(), kKey, &conn));
+  EXPECT_EQ(nullptr, conn);
+  // A client without a key gets through to accept, whose handshake fails.
+  pid_t c = fork_child([&] {
+    carom_conn_t *cc = nullptr;
+    int r = client(addr.c_str(), nullptr, &cc);
+    if (r) return 1;
+    void *m = nullptr;
+    ssize_t n = carom_conn_recv_bytes(cc, 0, &m, Deadline(20).p);  // the server hangs up
+    free(m);
+    carom_conn_free(cc);
+    return n == CAROM_EEOF ? 0 : 2;
+  });
   EXPECT_EQ(-ELIBACC, carom_listener_accept(l, Deadline(20).p, &conn));
   EXPECT_EQ(nullptr, conn);
   EXPECT_EQ(0, reap_code(c));
