@@ -248,7 +248,10 @@ static void pool_maxtasks1(bench_ctx_t *ctx) {
   char params[64];
   snprintf(params, sizeof params, "{\"tasks\": %zu, \"processes\": 2}", n);
   bench_report(ctx, "pool.maxtasksperchild1", fork_rate, "tasks/s", params);
-  bench_report(ctx, "pool.maxtasksperchild1.forkserver", fs_rate, "tasks/s", params);
+  char fs_params[96];
+  snprintf(fs_params, sizeof fs_params,
+           "{\"tasks\": %zu, \"processes\": 2, \"start_method\": \"forkserver\"}", n);
+  bench_report(ctx, "pool.maxtasksperchild1.forkserver", fs_rate, "tasks/s", fs_params);
   bench_report(ctx, "raw.fork_exit_wait", (double)n / ((double)(t3 - t2) / 1e9), "forks/s", params);
   bench_ratio("pool.maxtasksperchild1 / raw fork+exit+wait (target >= 0.7)",
               "pool.maxtasksperchild1", "raw.fork_exit_wait");

@@ -155,16 +155,14 @@ int carom__boot_encode(const carom__boot_t *b, unsigned char **out, size_t *len)
   carom__wput_u32(&w, BOOT_MAGIC);
   carom__wput_str(&w, b->ref.entry);
   carom__wput_str(&w, b->ref.object);
-  uint64_t off = b->ref.offset;
   uint8_t flags = (uint8_t)((b->ref.has_offset ? 1 : 0) | (b->daemon ? 2 : 0) |
                             (b->ignore_sigint ? 4 : 0));
-  carom__wput(&w, &off, 8);
+  carom__wput_u64(&w, b->ref.offset);
   carom__wput(&w, &flags, 1);
   carom__wput_bytes(&w, b->arg, b->arg_len);
   carom__wput_str(&w, b->name);
   carom__wput_str(&w, b->identity);
-  int32_t ppid = b->parent_pid;
-  carom__wput(&w, &ppid, 4);
+  carom__wput_u32(&w, (uint32_t)b->parent_pid);
   carom__wput_str(&w, b->parent_name);
   uint32_t nenv = 0;
   while (b->env && b->env[nenv]) nenv++;
@@ -259,8 +257,7 @@ int carom__boot_read(int fd, carom__boot_t *b, unsigned char **buf) {
   if (carom__rget_u32(&r) != BOOT_MAGIC) r.bad = true;
   b->ref.entry = carom__rget_str(&r);
   b->ref.object = carom__rget_str(&r);
-  const void *q = carom__rget(&r, 8);
-  if (q) memcpy(&b->ref.offset, q, 8);
+  b->ref.offset = carom__rget_u64(&r);
   const uint8_t *flags = carom__rget(&r, 1);
   if (flags) {
     b->ref.has_offset = *flags & 1;
@@ -270,9 +267,7 @@ int carom__boot_read(int fd, carom__boot_t *b, unsigned char **buf) {
   b->arg = carom__rget_bytes(&r, &b->arg_len);
   b->name = carom__rget_str(&r);
   b->identity = carom__rget_str(&r);
-  int32_t ppid = 0;
-  if ((q = carom__rget(&r, 4))) memcpy(&ppid, q, 4);
-  b->parent_pid = ppid;
+  b->parent_pid = (pid_t)carom__rget_u32(&r);
   b->parent_name = carom__rget_str(&r);
   uint32_t nenv = carom__rget_u32(&r);
   char **env = NULL;
