@@ -31,8 +31,11 @@ int carom__poll_fd(int fd, short events, const struct timespec *deadline) {
 }
 
 int carom__fd_revents(int fd, short events) {
-  static const struct timespec past = {0, 0}; /* a past deadline: look once */
-  return poll_one(fd, events, &past);
+  struct pollfd p = {.fd = fd, .events = events};
+  int r;
+  while ((r = poll(&p, 1, 0)) < 0 && errno == EINTR) { /* look once, no clock read */
+  }
+  return r > 0 ? p.revents : r == 0 ? 0 : -errno;
 }
 
 /* write(2), or send(2) with MSG_NOSIGNAL on a socket, until all is out. */
