@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <limits.h>
 #include <poll.h>
 #include <sys/syscall.h>
 #include <signal.h>
@@ -252,8 +253,11 @@ int bench_run_capture(char *const argv[], double timeout_s, char *out, size_t n)
     } else if (bench_now_ns() >= deadline) {
       timed_out = true;
     } else {
+      /* Sleep on the pidfd until the exit or the deadline (a spurious or
+       * EINTR return just loops); without a pidfd, look every ms. */
+      uint64_t left_ms = (deadline - bench_now_ns()) / 1000000 + 1;
       struct pollfd pf = {.fd = pidfd, .events = POLLIN};
-      if (pidfd < 0 || poll(&pf, 1, 1) < 0) { /* no pidfd: poll the status every ms */
+      if (pidfd < 0 || poll(&pf, 1, left_ms > INT_MAX ? INT_MAX : (int)left_ms) < 0) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
       }
