@@ -5,7 +5,8 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake ninja-build pkg-config git
-  clang libclang-rt-14-dev llvm            # clang builds, sanitizers, libFuzzer
+  clang libclang-rt-14-dev llvm            # clang builds, libFuzzer
+  clang-19 libclang-rt-19-dev              # sanitizer builds (fork-safe allocators)
   libgtest-dev googletest                  # tests
   libssl-dev                               # HMAC-SHA256 for Listener/Client authentication
   liburcu-dev libatomic-ops-dev libck-dev  # peers in the queue benchmarks
