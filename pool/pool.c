@@ -40,7 +40,7 @@
 #include <sys/wait.h>
 
 enum { POOL_RUN = 0, POOL_CLOSE = 1, POOL_TERMINATE = 2 };
-enum { JOB_APPLY = 0, JOB_MAP = 1, JOB_IMAP = 2 };
+enum { JOB_APPLY = 0, JOB_MAP = 1, JOB_IMAP = 2, JOB_IMAP_UNORDERED = 3 };
 /* The supervisor spins at most this long after its last progress (a result
  * or a submission may follow at once): a sleeping process costs ~25-55 us to
  * wake here (FLOORS.md), so spinning much longer than a wake-up only takes the
@@ -61,7 +61,10 @@ typedef struct res_block {
  * a million items stores its results' bytes and little else. A segment lies
  * within one chunk (items [c * chunksize, (c + 1) * chunksize)), and chunk c's
  * segments form a list the supervisor publishes with a release store of its
- * head; a reader finds item i in the list of chunk i / chunksize. */
+ * head; a reader finds item i in the list of chunk i / chunksize. An
+ * imap_unordered job also links its segments in the order they were published
+ * (completion order): item k of that order lies in the segment whose `pos`
+ * (items published before it) is <= k < pos + count. */
 enum { SEG_VAR = 0, SEG_UNIFORM = 1, SEG_CONST = 2 };
 
 typedef struct seg {
@@ -73,6 +76,8 @@ typedef struct seg {
   const char *data;        /* item k's bytes: data + off[k] (VAR), + k * len (UNIFORM) */
   const item_res_t *res;   /* SEG_VAR: per item code and length */
   const uint64_t *off;     /* SEG_VAR: per item offset into data */
+  size_t pos;              /* unordered jobs: items published before this one */
+  _Atomic(struct seg *) pub_next; /* unordered jobs: the next segment published */
 } seg_t;
 
 /* A range of items to (re)dispatch. */
@@ -85,7 +90,7 @@ struct carom_job {
   _Atomic int refs;
   carom_pool_t *pool; /* valid while the job is not done */
   uint64_t id;
-  bool ordered;
+  bool unordered;    /* imap_unordered: segments are linked in completion order */
   carom_task_fn fn;
   uint64_t wfn;      /* fn in the workers' image (differs under forkserver/spawn) */
   size_t n, chunksize;
@@ -118,12 +123,17 @@ struct carom_job {
   /* shared with callers, under mu */
   pthread_mutex_t mu;
   int first_error;
-  size_t *order; /* completion order (imap unordered); entries below norder_pub are final */
   unsigned *attempts; /* per item: re-runs after lost workers (worker_lost_retries) */
-  size_t norder;
+  /* imap_unordered: segments in completion order, from pub_head (set once,
+   * release) along pub_next (release); pub_tail and npub belong to the
+   * supervisor. */
+  _Atomic(seg_t *) pub_head;
+  seg_t *pub_tail;
+  size_t npub;
   /* Readers take items without the mutex: an item is final once a segment
-   * covering it is published (release), and order[] entries below norder_pub
-   * (release) are final. Consumers claim the next item by CAS. */
+   * covering it is published (release), and the first norder_pub items of the
+   * completion order (release) are linked. Consumers claim the next item by
+   * CAS. */
   _Atomic size_t norder_pub;
   pid_t pids[MAX_JOB_PIDS];
   int npids;
@@ -142,7 +152,8 @@ struct carom_job {
   /* The segment a reader found last: consecutive reads mostly fall in it,
    * and an item lies in exactly one published segment, so a hint that
    * covers the item is the answer (no division, no list walk). Stored with
-   * release by a reader that acquired the segment, loaded with acquire. */
+   * release by a reader that acquired the segment, loaded with acquire.
+   * Unordered jobs: the segment of the completion order read last. */
   _Atomic(const struct seg *) hint;
   char pad_after_next[CAROM_CACHELINE];
 };
@@ -263,7 +274,6 @@ static void job_unref(carom_job_t *j) {
     free(r);
   }
   pthread_mutex_destroy(&j->mu);
-  free(j->order);
   free(j->attempts);
   free(j);
 }
@@ -326,15 +336,8 @@ static carom_job_t *job_new(carom_pool_t *p, int kind, carom_task_fn fn, const s
   double hard = j->cb.timeout != 0 ? j->cb.timeout : p->opts.timeout;
   j->soft_ns = soft > 0 ? (uint64_t)(soft * 1e9) : 0;
   j->hard_ns = hard > 0 ? (uint64_t)(hard * 1e9) : 0;
+  j->unordered = kind == JOB_IMAP_UNORDERED;
   pthread_mutex_init(&j->mu, NULL);
-  if (kind == JOB_IMAP && n) {
-    j->order = malloc(n * sizeof(size_t));
-    if (!j->order) {
-      pthread_mutex_destroy(&j->mu);
-      free(j);
-      return NULL;
-    }
-  }
   return j;
 }
 
@@ -398,6 +401,14 @@ static void job_publish(carom_job_t *j, const seg_t *proto, size_t a, size_t b) 
     sg->first = a;
     sg->count = end - a;
     sg->next = atomic_load_explicit(&j->segs[c], memory_order_relaxed);
+    if (j->unordered) {
+      sg->pos = j->npub;
+      j->npub += sg->count;
+      atomic_init(&sg->pub_next, NULL);
+      if (j->pub_tail) atomic_store_explicit(&j->pub_tail->pub_next, sg, memory_order_release);
+      else atomic_store_explicit(&j->pub_head, sg, memory_order_release);
+      j->pub_tail = sg;
+    }
     atomic_store_explicit(&j->segs[c], sg, memory_order_release);
     a = end;
   }
@@ -434,12 +445,10 @@ static bool job_store(carom_job_t *j, size_t first, size_t count, seg_t *proto) 
           if (proto->res[i - first].code < 0) j->first_error = proto->res[i - first].code;
       }
     }
-    if (j->order)
-      for (size_t i = a; i < b; i++) j->order[j->norder++] = i;
     a = bit_scan(j->ended, b, end, false);
   }
   bool fin = j->ndone == j->n;
-  if (j->order) atomic_store_explicit(&j->norder_pub, j->norder, memory_order_release);
+  if (j->unordered) atomic_store_explicit(&j->norder_pub, j->npub, memory_order_release);
   pthread_mutex_unlock(&j->mu);
   atomic_fetch_add_explicit(&j->progress, 1, memory_order_seq_cst);
   if (fin) atomic_store_explicit(&j->done, 1, memory_order_seq_cst);
@@ -1876,9 +1885,8 @@ int carom_pool_map(carom_pool_t *p, carom_task_fn fn, const struct iovec *items,
 
 int carom_pool_imap(carom_pool_t *p, carom_task_fn fn, const struct iovec *items, size_t n,
                     size_t chunksize, bool ordered, carom_job_t **job) {
-  int rc = submit_new(p, JOB_IMAP, fn, items, n, chunksize, NULL, false, job);
-  if (rc == 0) (*job)->ordered = ordered;
-  return rc;
+  return submit_new(p, ordered ? JOB_IMAP : JOB_IMAP_UNORDERED, fn, items, n, chunksize, NULL,
+                    false, job);
 }
 
 /* ------------------------------------------------------------ job API */
@@ -1959,15 +1967,8 @@ static const seg_t *item_seg(carom_job_t *j, size_t i) {
   return sg;
 }
 
-/* Item i if it has ended: its code, data and length. */
-static int item_read(carom_job_t *j, size_t i, const void **data, size_t *len) {
-  const seg_t *sg = atomic_load_explicit(&j->hint, memory_order_acquire);
-  if (!sg || i - sg->first >= sg->count) {
-    sg = item_seg(j, i);
-    if (!sg) return CAROM_ENOTREADY;
-    atomic_store_explicit(&j->hint, sg, memory_order_release);
-  }
-  size_t k = i - sg->first;
+/* Item k of segment sg: its code, data and length. */
+static int seg_read(const seg_t *sg, size_t k, const void **data, size_t *len) {
   const char *d;
   size_t l;
   int code;
@@ -1992,41 +1993,80 @@ static int item_read(carom_job_t *j, size_t i, const void **data, size_t *len) {
   return code;
 }
 
+/* Item i if it has ended: its code, data and length. */
+static int item_read(carom_job_t *j, size_t i, const void **data, size_t *len) {
+  const seg_t *sg = atomic_load_explicit(&j->hint, memory_order_acquire);
+  if (!sg || i - sg->first >= sg->count) {
+    sg = item_seg(j, i);
+    if (!sg) return CAROM_ENOTREADY;
+    atomic_store_explicit(&j->hint, sg, memory_order_release);
+  }
+  return seg_read(sg, i - sg->first, data, len);
+}
+
 int carom_job_item(carom_job_t *j, size_t i, const void **data, size_t *len) {
   if (i >= j->n) return -EINVAL;
   return item_read(j, i, data, len);
 }
 
+/* Item k of an unordered job's completion order (k < norder_pub, acquired).
+ * Starts from the hint when it does not lie past k (consumers only move it
+ * forward in the common case; another consumer may have left it behind, never
+ * wrong), else from the head. */
+static int unordered_read(carom_job_t *j, size_t k, size_t *index, const void **data,
+                          size_t *len) {
+  const seg_t *sg = atomic_load_explicit(&j->hint, memory_order_acquire);
+  if (!sg || sg->pos > k) sg = atomic_load_explicit(&j->pub_head, memory_order_acquire);
+  if (k - sg->pos >= sg->count) {
+    do sg = atomic_load_explicit(&sg->pub_next, memory_order_acquire);
+    while (k - sg->pos >= sg->count);
+    atomic_store_explicit(&j->hint, sg, memory_order_release);
+  }
+  size_t off = k - sg->pos;
+  if (index) *index = sg->first + off;
+  return seg_read(sg, off, data, len);
+}
+
+/* One claim attempt: 1 and the item when one was taken, 0 when none has ended
+ * yet, CAROM_EEOF when every item was taken. */
+static int next_try(carom_job_t *j, size_t *index, const void **data, size_t *len, int *rc) {
+  if (!j->unordered) {
+    size_t k = atomic_load_explicit(&j->next_ordered, memory_order_relaxed);
+    while (k < j->n && item_seg(j, k)) {
+      if (atomic_compare_exchange_weak_explicit(&j->next_ordered, &k, k + 1,
+                                                memory_order_relaxed, memory_order_relaxed)) {
+        if (index) *index = k;
+        *rc = item_read(j, k, data, len);
+        return 1;
+      }
+    }
+    return k >= j->n ? CAROM_EEOF : 0;
+  }
+  size_t k = atomic_load_explicit(&j->next_unordered, memory_order_relaxed);
+  while (k < atomic_load_explicit(&j->norder_pub, memory_order_acquire)) {
+    if (atomic_compare_exchange_weak_explicit(&j->next_unordered, &k, k + 1,
+                                              memory_order_relaxed, memory_order_relaxed)) {
+      *rc = unordered_read(j, k, index, data, len);
+      return 1;
+    }
+  }
+  return k >= j->n ? CAROM_EEOF : 0;
+}
+
 int carom_job_next(carom_job_t *j, const struct timespec *deadline, size_t *index,
                    const void **data, size_t *len) {
-  bool by_index = j->ordered || !j->order;
-  for (;;) {
+  int rc, r = next_try(j, index, data, len, &rc);
+  /* progress is read only when nothing was ready (it is written by the
+   * supervisor on every result): read it, then look again, then sleep on it. */
+  while (r == 0) {
     uint32_t seen = atomic_load(&j->progress);
-    if (by_index) {
-      size_t k = atomic_load_explicit(&j->next_ordered, memory_order_relaxed);
-      while (k < j->n && item_seg(j, k)) {
-        if (atomic_compare_exchange_weak_explicit(&j->next_ordered, &k, k + 1,
-                                                  memory_order_relaxed, memory_order_relaxed)) {
-          if (index) *index = k;
-          return item_read(j, k, data, len);
-        }
-      }
-      if (k >= j->n) return CAROM_EEOF;
-    } else {
-      size_t k = atomic_load_explicit(&j->next_unordered, memory_order_relaxed);
-      while (k < atomic_load_explicit(&j->norder_pub, memory_order_acquire)) {
-        if (atomic_compare_exchange_weak_explicit(&j->next_unordered, &k, k + 1,
-                                                  memory_order_acquire, memory_order_relaxed)) {
-          size_t pick = j->order[k];
-          if (index) *index = pick;
-          return item_read(j, pick, data, len);
-        }
-      }
-      if (k >= j->n) return CAROM_EEOF;
-    }
+    r = next_try(j, index, data, len, &rc);
+    if (r != 0) break;
     if (job_sleep(j, seen, deadline) == -ETIMEDOUT && atomic_load(&j->progress) == seen)
       return -ETIMEDOUT;
+    r = next_try(j, index, data, len, &rc);
   }
+  return r == 1 ? rc : r;
 }
 
 int carom_job_pids(carom_job_t *j, pid_t *pids, int max) {

@@ -13,6 +13,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "carom/pool.h"
@@ -965,6 +966,93 @@ TEST(Pool, CancelledMapKeepsResultsOfTheRunningChunk) {
   }
   EXPECT_EQ(cs, ok);
   EXPECT_EQ(n - cs, cancelled);
+  carom_job_release(j);
+  carom_pool_free(p);
+}
+
+// Several threads take items of one imap_unordered job at once (some also
+// read items by index meanwhile): every item reaches exactly one of them,
+// with its own result, across chunk sizes.
+TEST(Pool, UnorderedImapSharedByConsumers) {
+  carom_pool_t *p = make_pool(2);
+  const size_t n = 20000;
+  Int64Items items(n);
+  for (size_t cs : {1, 7, 100}) {
+    carom_job_t *j;
+    ASSERT_EQ(0, carom_pool_imap(p, mixed, items.iov.data(), n, cs, false, &j));
+    std::vector<std::atomic<int>> seen(n);
+    std::atomic<size_t> bad{0};
+    auto consume = [&](int id) {
+      size_t idx;
+      const void *d;
+      size_t len;
+      int rc;
+      timespec ts;
+      carom_deadline(60, &ts);
+      while ((rc = carom_job_next(j, &ts, &idx, &d, &len)) != CAROM_EEOF) {
+        if (rc == -ETIMEDOUT || idx >= n) {
+          bad++;
+          return;
+        }
+        seen[idx]++;
+        if (rc != (idx % 13 == 0 ? -EDOM : 0)) bad++;
+        if (rc == 0 && idx % 5 != 0 && (len != 8 || i64(d) != (int64_t)(2 * idx + 1))) bad++;
+        if (id == 0) {  // a by-index read in between moves the shared hint
+          size_t other = (idx * 7919) % n;
+          const void *od;
+          size_t ol;
+          int orc = carom_job_item(j, other, &od, &ol);
+          if (orc != CAROM_ENOTREADY && orc != (other % 13 == 0 ? -EDOM : 0)) bad++;
+        }
+      }
+    };
+    std::vector<std::thread> th;
+    for (int t = 0; t < 4; t++) th.emplace_back(consume, t);
+    for (auto &t : th) t.join();
+    EXPECT_EQ(0u, bad.load()) << "chunksize " << cs;
+    size_t once = 0;
+    for (size_t i = 0; i < n; i++) once += seen[i].load() == 1;
+    EXPECT_EQ(n, once) << "chunksize " << cs;
+    carom_job_release(j);
+  }
+  carom_pool_free(p);
+}
+
+// Cancelling an imap_unordered job whose first chunk runs: next() yields
+// that chunk's results and every other item cancelled, each exactly once.
+TEST(Pool, CancelledUnorderedImapYieldsEachItemOnce) {
+  carom_pool_t *p = make_pool(1);
+  const size_t n = 5000, cs = 10;
+  Int64Items items(n);
+  __atomic_store_n(g_gate, 0, __ATOMIC_RELEASE);
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_imap(p, gated, items.iov.data(), n, cs, false, &j));
+  ASSERT_TRUE(wait_accepted(j));
+  ASSERT_EQ(0, carom_job_cancel(j));
+  __atomic_store_n(g_gate, 1, __ATOMIC_RELEASE);
+  std::vector<int> seen(n);
+  size_t ok = 0, cancelled = 0, idx;
+  const void *d;
+  size_t len;
+  int rc;
+  timespec ts;
+  carom_deadline(10, &ts);
+  while ((rc = carom_job_next(j, &ts, &idx, &d, &len)) != CAROM_EEOF) {
+    ASSERT_NE(-ETIMEDOUT, rc);
+    ASSERT_LT(idx, n);
+    seen[idx]++;
+    if (idx < cs) {
+      EXPECT_EQ(0, rc) << idx;
+      EXPECT_EQ(static_cast<int64_t>(idx), i64(d));
+      ok++;
+    } else {
+      EXPECT_EQ(CAROM_ECANCELLED, rc) << idx;
+      cancelled++;
+    }
+  }
+  EXPECT_EQ(cs, ok);
+  EXPECT_EQ(n - cs, cancelled);
+  for (size_t i = 0; i < n; i++) EXPECT_EQ(1, seen[i]) << i;
   carom_job_release(j);
   carom_pool_free(p);
 }
