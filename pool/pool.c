@@ -24,6 +24,7 @@
 #include "carom/process.h"
 
 #include <dirent.h>
+#include <linux/membarrier.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -149,6 +150,10 @@ struct carom_job {
    * result message (the job is malloc'ed, so no _Alignas). */
   char pad_before_next[CAROM_CACHELINE];
   _Atomic size_t next_unordered, next_ordered;
+  /* The thread that owns the claim counters (see next_try), or CLAIM_SHARED;
+   * owner_busy: the owner is inside a claim. */
+  _Atomic(const void *) claim_owner;
+  _Atomic int owner_busy;
   /* The segment a reader found last: consecutive reads mostly fall in it,
    * and an item lies in exactly one published segment, so a hint that
    * covers the item is the answer (no division, no list walk). Stored with
@@ -1501,6 +1506,42 @@ static void *supervisor(void *arg) {
 
 /* ------------------------------------------------------------- creation */
 
+/* Claiming without a locked instruction while one thread consumes a job (the
+ * usual case; a CAS per item was the largest cost of a fast imap here).
+ *
+ * The first thread to call next() on a job owns its claim counter and
+ * advances it with plain stores, between raising and lowering owner_busy. A
+ * second thread makes the job shared for good (every claim is then a CAS):
+ * it swaps claim_owner to CLAIM_SHARED, issues a private expedited membarrier
+ * (every running thread of the process passes a full barrier), and waits
+ * until owner_busy is 0. The owner re-reads claim_owner after raising
+ * owner_busy with only a compiler barrier between: the membarrier stands in
+ * for the owner's missing store-load fence (liburcu's sys_membarrier scheme,
+ * as in ipc/ring.c), so either the owner sees the job shared or the second
+ * thread sees owner_busy raised and waits for the owner's claim to land.
+ * Jobs start shared unless this process registered for private expedited
+ * membarriers, which carom_pool_create does while the process has one thread
+ * (registering with several costs an RCU grace period, milliseconds: then,
+ * and on kernels or seccomp policies without membarrier, every claim is a
+ * CAS). Registration is per process (keyed by pid: a fork()ed child has not).
+ */
+#define CLAIM_SHARED ((const void *)1)
+static _Thread_local char claim_token; /* its address names the thread */
+static _Atomic int claim_mb_pid; /* pid of this process once registered */
+
+static bool claim_mb_ready(void) {
+  return atomic_load_explicit(&claim_mb_pid, memory_order_relaxed) == carom__self_pid();
+}
+
+/* Register (once per process) while it has a single thread. */
+static void claim_mb_register(void) {
+  pid_t me = carom__self_pid();
+  if (atomic_load_explicit(&claim_mb_pid, memory_order_relaxed) == me) return;
+  if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
+    atomic_store_explicit(&claim_mb_pid, me, memory_order_relaxed);
+}
+
+
 static int count_threads(void) {
   DIR *d = opendir("/proc/self/task");
   if (!d) return 1;
@@ -1566,6 +1607,14 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
   p->target = (unsigned)o.processes;
   p->nslots = p->target * (o.maxtasksperchild ? 2 : 1);
   p->owner = carom__self_pid();
+  /* Owner claims in next() (see claim_share) need the process registered for
+   * membarrier, cheap only while it has one thread: now, before this pool's
+   * supervisor thread exists, if the creator has none. */
+  int nthreads = 0;
+  if (!claim_mb_ready()) {
+    nthreads = count_threads();
+    if (nthreads == 1) claim_mb_register();
+  }
   p->evfd = p->sock = p->epfd = p->tpl_pidfd = -1;
   p->term_running = CAROM_ETERMINATED;
   p->term_queued = CAROM_ECANCELLED;
@@ -1633,7 +1682,7 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
     }
     p->sock = sv[0];
   } else {
-    int nthreads = count_threads();
+    if (!nthreads) nthreads = count_threads();
     if (nthreads > 1)
       carom__warn("pool: created from a process with %d threads; the template process is "
                   "forked now, before any pool thread, and every worker comes from it "
@@ -2027,28 +2076,79 @@ static int unordered_read(carom_job_t *j, size_t k, size_t *index, const void **
   return seg_read(sg, off, data, len);
 }
 
+/* The calling thread is not the owner (seen: claim_owner as read): take
+ * ownership of an unowned job, else make it shared and make sure a claim the
+ * owner has in progress has landed before claiming by CAS. */
+static void claim_share(carom_job_t *j, const void *seen) {
+  bool mb = claim_mb_ready();
+  while (seen != CLAIM_SHARED) {
+    if (seen == NULL) {
+      if (atomic_compare_exchange_strong(&j->claim_owner, &seen, mb ? &claim_token : CLAIM_SHARED))
+        return;
+      continue; /* another thread took it first: seen is now that thread */
+    }
+    if (atomic_compare_exchange_strong(&j->claim_owner, &seen, CLAIM_SHARED)) {
+      /* An owner exists, so this process registered (registration is per
+       * process): the membarrier stands in for the owner's missing fence. */
+      if (!mb || syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+        carom__die("pool: membarrier failed after registration");
+      while (atomic_load_explicit(&j->owner_busy, memory_order_acquire)) sched_yield();
+      return;
+    }
+  }
+}
+
+/* Take counter *ctr's next value if it is below `limit` (owner: plain
+ * stores; shared: CAS). Returns 1 with *k when taken, else 0 with *k the
+ * value seen. */
+static int claim(carom_job_t *j, _Atomic size_t *ctr, const _Atomic size_t *limit, size_t n,
+                 size_t *k) {
+  const void *o = atomic_load_explicit(&j->claim_owner, memory_order_relaxed);
+  if (CAROM_UNLIKELY(o != &claim_token && o != CLAIM_SHARED)) {
+    claim_share(j, o);
+    o = atomic_load_explicit(&j->claim_owner, memory_order_relaxed);
+  }
+  if (o == &claim_token) {
+    atomic_store_explicit(&j->owner_busy, 1, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst); /* compiler only: see above */
+    if (CAROM_LIKELY(atomic_load_explicit(&j->claim_owner, memory_order_relaxed) == &claim_token)) {
+      size_t v = atomic_load_explicit(ctr, memory_order_relaxed);
+      size_t lim = limit ? atomic_load_explicit(limit, memory_order_acquire) : n;
+      int took = v < lim && (limit || item_seg(j, v));
+      if (took) atomic_store_explicit(ctr, v + 1, memory_order_relaxed);
+      atomic_store_explicit(&j->owner_busy, 0, memory_order_release);
+      *k = v;
+      return took;
+    }
+    atomic_store_explicit(&j->owner_busy, 0, memory_order_release);
+  }
+  size_t v = atomic_load_explicit(ctr, memory_order_relaxed);
+  for (;;) {
+    size_t lim = limit ? atomic_load_explicit(limit, memory_order_acquire) : n;
+    if (v >= lim || (!limit && !item_seg(j, v))) break;
+    if (atomic_compare_exchange_weak_explicit(ctr, &v, v + 1, memory_order_relaxed,
+                                              memory_order_relaxed)) {
+      *k = v;
+      return 1;
+    }
+  }
+  *k = v;
+  return 0;
+}
+
 /* One claim attempt: 1 and the item when one was taken, 0 when none has ended
  * yet, CAROM_EEOF when every item was taken. */
 static int next_try(carom_job_t *j, size_t *index, const void **data, size_t *len, int *rc) {
+  size_t k;
   if (!j->unordered) {
-    size_t k = atomic_load_explicit(&j->next_ordered, memory_order_relaxed);
-    while (k < j->n && item_seg(j, k)) {
-      if (atomic_compare_exchange_weak_explicit(&j->next_ordered, &k, k + 1,
-                                                memory_order_relaxed, memory_order_relaxed)) {
-        if (index) *index = k;
-        *rc = item_read(j, k, data, len);
-        return 1;
-      }
-    }
-    return k >= j->n ? CAROM_EEOF : 0;
-  }
-  size_t k = atomic_load_explicit(&j->next_unordered, memory_order_relaxed);
-  while (k < atomic_load_explicit(&j->norder_pub, memory_order_acquire)) {
-    if (atomic_compare_exchange_weak_explicit(&j->next_unordered, &k, k + 1,
-                                              memory_order_relaxed, memory_order_relaxed)) {
-      *rc = unordered_read(j, k, index, data, len);
+    if (claim(j, &j->next_ordered, NULL, j->n, &k)) {
+      if (index) *index = k;
+      *rc = item_read(j, k, data, len);
       return 1;
     }
+  } else if (claim(j, &j->next_unordered, &j->norder_pub, j->n, &k)) {
+    *rc = unordered_read(j, k, index, data, len);
+    return 1;
   }
   return k >= j->n ? CAROM_EEOF : 0;
 }

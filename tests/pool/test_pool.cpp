@@ -1018,6 +1018,49 @@ TEST(Pool, UnorderedImapSharedByConsumers) {
   carom_pool_free(p);
 }
 
+// A second consumer arriving while the first one (the owner of the job's
+// claim counter, which claims without a locked instruction) is taking items
+// as fast as it can: across many jobs, every item still reaches exactly one
+// of them, ordered and unordered.
+TEST(Pool, SecondConsumerJoiningAnOwnerLosesAndRepeatsNothing) {
+  carom_pool_t *p = make_pool(2);
+  const size_t n = 256;
+  Int64Items items(n);
+  for (bool ordered : {false, true}) {
+    size_t dup = 0, missing = 0;
+    for (int round = 0; round < 300; round++) {
+      carom_job_t *j;
+      ASSERT_EQ(0, carom_pool_imap(p, mixed, items.iov.data(), n, 16, ordered, &j));
+      ASSERT_EQ(-EDOM, carom_job_wait(j, nullptr));  // all published: claims never wait
+      std::vector<std::atomic<int>> seen(n);
+      std::atomic<int> go{0};
+      auto consume = [&](bool second) {
+        size_t idx;
+        if (second) {
+          while (go.load() == 0) {  // join once the owner has started
+          }
+        } else if (carom_job_next(j, nullptr, &idx, nullptr, nullptr) != CAROM_EEOF) {
+          seen[idx]++;
+          go.store(1);
+        }
+        int rc;
+        while ((rc = carom_job_next(j, nullptr, &idx, nullptr, nullptr)) != CAROM_EEOF) seen[idx]++;
+      };
+      std::thread second(consume, true);
+      consume(false);
+      second.join();
+      for (size_t i = 0; i < n; i++) {
+        dup += seen[i].load() > 1;
+        missing += seen[i].load() == 0;
+      }
+      carom_job_release(j);
+    }
+    EXPECT_EQ(0u, dup) << (ordered ? "ordered" : "unordered");
+    EXPECT_EQ(0u, missing) << (ordered ? "ordered" : "unordered");
+  }
+  carom_pool_free(p);
+}
+
 // Cancelling an imap_unordered job whose first chunk runs: next() yields
 // that chunk's results and every other item cancelled, each exactly once.
 TEST(Pool, CancelledUnorderedImapYieldsEachItemOnce) {
