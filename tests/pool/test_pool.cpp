@@ -1061,6 +1061,68 @@ TEST(Pool, SecondConsumerJoiningAnOwnerLosesAndRepeatsNothing) {
   carom_pool_free(p);
 }
 
+// Large copied jobs (their items are copied after the job is queued, in
+// slices the supervisor dispatches as they land): every item arrives whole,
+// for items of one length back to back, of one length scattered, and of
+// varying lengths, and the caller may overwrite its items once the call
+// returns.
+TEST(Pool, LargeCopiedJobsArriveWhole) {
+  carom_pool_t *p = make_pool(2);
+  const size_t n = 40000;
+  auto byte_of = [](size_t i, size_t k) { return static_cast<char>((i * 31 + k * 7) & 0xff); };
+  auto len_of = [](int shape, size_t i) -> size_t { return shape == 2 ? i % 23 : 8; };
+  for (int shape = 0; shape < 3; shape++) {
+    for (bool unordered : {false, true}) {
+      std::vector<char> buf(n * 23);
+      std::vector<iovec> items(n);
+      size_t off = 0;
+      for (size_t i = 0; i < n; i++) {
+        size_t at = shape == 1 ? (n - 1 - i) * 8 : off;  // shape 1: back to front
+        size_t l = len_of(shape, i);
+        for (size_t k = 0; k < l; k++) buf[at + k] = byte_of(i, k);
+        items[i] = {buf.data() + at, l};
+        off += l;
+      }
+      carom_job_t *j;
+      if (unordered) {
+        ASSERT_EQ(0, carom_pool_imap(p, echo, items.data(), n, 50, false, &j));
+      } else {
+        ASSERT_EQ(0, carom_pool_map_async(p, echo, items.data(), n, 0, nullptr, &j));
+      }
+      std::fill(buf.begin(), buf.end(), '\x5a');  // ours again once the call returns
+      size_t good = 0;
+      auto check = [&](size_t i, const void *d, size_t len) {
+        size_t l = len_of(shape, i);
+        bool ok = len == l;
+        for (size_t k = 0; ok && k < l; k++) ok = static_cast<const char *>(d)[k] == byte_of(i, k);
+        good += ok;
+      };
+      if (unordered) {
+        size_t idx, len;
+        const void *d;
+        int rc;
+        timespec ts;
+        carom_deadline(60, &ts);
+        while ((rc = carom_job_next(j, &ts, &idx, &d, &len)) != CAROM_EEOF) {
+          ASSERT_EQ(0, rc);
+          check(idx, d, len);
+        }
+      } else {
+        ASSERT_EQ(0, carom_job_wait(j, nullptr));
+        for (size_t i = 0; i < n; i++) {
+          const void *d;
+          size_t len;
+          ASSERT_EQ(0, carom_job_item(j, i, &d, &len));
+          check(i, d, len);
+        }
+      }
+      EXPECT_EQ(n, good) << "shape " << shape << (unordered ? " unordered" : " map");
+      carom_job_release(j);
+    }
+  }
+  carom_pool_free(p);
+}
+
 // Cancelling an imap_unordered job whose first chunk runs: next() yields
 // that chunk's results and every other item cancelled, each exactly once.
 TEST(Pool, CancelledUnorderedImapYieldsEachItemOnce) {
