@@ -2133,10 +2133,16 @@ static void claim_share(carom_job_t *j, const void *seen) {
       continue; /* another thread took it first: seen is now that thread */
     }
     if (atomic_compare_exchange_strong(&j->claim_owner, &seen, CLAIM_SHARED)) {
-      /* An owner exists, so this process registered (registration is per
-       * process): the membarrier stands in for the owner's missing fence. */
-      if (!mb || syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
-        carom__die("pool: membarrier failed after registration");
+      /* The membarrier stands in for the owner's missing fence. An owner
+       * exists, so this process registered, unless it is a fork()ed child
+       * of the one that did (the owner is then the thread that forked):
+       * register now (slow with several threads, and rare), or take the
+       * global membarrier, which needs no registration. */
+      if (!mb) claim_mb_register();
+      if ((!claim_mb_ready() ||
+           syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) &&
+          syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) != 0)
+        carom__die("pool: a second consumer of a job needs membarrier(2) (%s)", strerror(errno));
       while (atomic_load_explicit(&j->owner_busy, memory_order_acquire)) sched_yield();
       return;
     }

@@ -1061,6 +1061,40 @@ TEST(Pool, SecondConsumerJoiningAnOwnerLosesAndRepeatsNothing) {
   carom_pool_free(p);
 }
 
+// A fork()ed child inherits a job its forking thread owned (results already
+// in): a second thread of the child that consumes it too must neither fail
+// nor take an item twice (the child has not registered for membarrier).
+TEST(Pool, SecondConsumerInForkedChildOfTheOwner) {
+  carom_pool_t *p = make_pool(2);
+  const size_t n = 5000;
+  Int64Items items(n);
+  carom_job_t *j;
+  ASSERT_EQ(0, carom_pool_imap(p, echo, items.iov.data(), n, 10, false, &j));
+  ASSERT_EQ(0, carom_job_wait(j, nullptr));
+  size_t idx;
+  ASSERT_EQ(0, carom_job_next(j, nullptr, &idx, nullptr, nullptr));  // this thread owns it
+  ChildGuard child(fork_child([&] {
+    std::vector<std::atomic<int>> seen(n);
+    seen[idx]++;
+    auto consume = [&] {
+      size_t k;
+      while (carom_job_next(j, nullptr, &k, nullptr, nullptr) != CAROM_EEOF) seen[k]++;
+    };
+    std::thread other(consume);
+    consume();
+    other.join();
+    for (size_t i = 0; i < n; i++)
+      if (seen[i].load() != 1) return 1;
+    return 0;
+  }));
+  EXPECT_EQ(0, reap_code(child));
+  size_t left = 0;
+  while (carom_job_next(j, nullptr, &idx, nullptr, nullptr) != CAROM_EEOF) left++;
+  EXPECT_EQ(n - 1, left);  // the parent's copy of the job is its own
+  carom_job_release(j);
+  carom_pool_free(p);
+}
+
 // Large copied jobs (their items are copied after the job is queued, in
 // slices the supervisor dispatches as they land): every item arrives whole,
 // for items of one length back to back, of one length scattered, and of
