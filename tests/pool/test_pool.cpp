@@ -1065,6 +1065,16 @@ TEST(Pool, SecondConsumerJoiningAnOwnerLosesAndRepeatsNothing) {
 // in): a second thread of the child that consumes it too must neither fail
 // nor take an item twice (the child has not registered for membarrier).
 TEST(Pool, SecondConsumerInForkedChildOfTheOwner) {
+#if defined(__SANITIZE_THREAD__)
+#define CAROM_TSAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CAROM_TSAN_BUILD 1
+#endif
+#endif
+#ifdef CAROM_TSAN_BUILD
+  GTEST_SKIP() << "ThreadSanitizer cannot start threads in the child of a multi-threaded fork";
+#endif
   carom_pool_t *p = make_pool(2);
   const size_t n = 5000;
   Int64Items items(n);
