@@ -187,27 +187,36 @@ static void pool_timeout_latency(bench_ctx_t *ctx) {
   carom_pool_free(p);
 }
 
+/* imap_unordered on a fresh pool (the peers' shape), then 4 more on the same
+ * pool: the best of those is pool.imap_unordered.warm. Every item is taken
+ * through carom_job_next and counted. */
 static void pool_imap_unordered(bench_ctx_t *ctx) {
   carom_pool_t *p = pool_new(0);
   size_t n = bench_scale(ctx, 200000);
   int64_t *store;
   struct iovec *items = make_items(n, &store);
-  carom_job_t *j;
-  uint64_t t0 = bench_now_ns();
-  if (carom_pool_imap(p, trivial, items, n, 100, false, &j) != 0) exit(1);
-  size_t got = 0, idx;
-  const void *d;
-  size_t len;
-  while (carom_job_next(j, NULL, &idx, &d, &len) == 0) got++;
-  uint64_t t1 = bench_now_ns();
-  if (got != n) {
-    fprintf(stderr, "bench pool: imap delivered %zu of %zu\n", got, n);
-    exit(1);
-  }
-  carom_job_release(j);
   char params[80];
   snprintf(params, sizeof params, "{\"items\": %zu, \"chunksize\": 100, \"processes\": 2}", n);
-  bench_report(ctx, "pool.imap_unordered", (double)n / ((double)(t1 - t0) / 1e9), "items/s", params);
+  double best = 0;
+  for (int r = 0; r <= 4; r++) {
+    carom_job_t *j;
+    uint64_t t0 = bench_now_ns();
+    if (carom_pool_imap(p, trivial, items, n, 100, false, &j) != 0) exit(1);
+    size_t got = 0, idx;
+    const void *d;
+    size_t len;
+    while (carom_job_next(j, NULL, &idx, &d, &len) == 0) got++;
+    uint64_t t1 = bench_now_ns();
+    if (got != n) {
+      fprintf(stderr, "bench pool: imap delivered %zu of %zu\n", got, n);
+      exit(1);
+    }
+    carom_job_release(j);
+    double rate = (double)n / ((double)(t1 - t0) / 1e9);
+    if (r == 0) bench_report(ctx, "pool.imap_unordered", rate, "items/s", params);
+    else if (rate > best) best = rate;
+  }
+  bench_report(ctx, "pool.imap_unordered.warm", best, "items/s", params);
   carom_pool_free(p);
   free(items);
   free(store);
