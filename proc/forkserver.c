@@ -48,6 +48,15 @@ static int fs_cmd = -1, fs_pidfd = -1, fs_sentinel = -1;
 static pid_t fs_pid;
 static pid_t fs_owner; /* the process whose server fs_* describe */
 static char **fs_preload;
+/* How long a request may wait for the server's reply (its fork): a server
+ * that is alive but does not answer (stopped, wedged) is killed after this,
+ * and the start fails with -ETIMEDOUT instead of hanging. Tests shorten it. */
+static _Atomic uint64_t fs_reply_ns = 30ull * 1000000000ull;
+
+void carom__forkserver_set_reply_timeout(double seconds) {
+  atomic_store(&fs_reply_ns, (uint64_t)(seconds * 1e9));
+}
+
 
 /* A raw fork() (not through carom) copies fs_* into a child that does not own
  * the server: forget it there (closing the copies) instead of sharing it. */
@@ -59,6 +68,14 @@ static void forget_if_forked_locked(void) {
   fs_cmd = fs_pidfd = fs_sentinel = -1;
   fs_pid = 0;
   fs_owner = getpid();
+}
+
+pid_t carom__forkserver_pid(void) {
+  pthread_mutex_lock(&fs_mu);
+  forget_if_forked_locked();
+  pid_t p = fs_pid;
+  pthread_mutex_unlock(&fs_mu);
+  return p;
 }
 
 int carom_set_forkserver_preload(const char *const *names) {
@@ -135,10 +152,24 @@ pid_t carom__forkserver_start_child(const unsigned char *msg, size_t msg_len, in
     if (rc != -EPIPE && rc != -ECONNRESET) break;
     server_reap_locked(); /* the server died: start a new one once */
   }
+  pid_t server = fs_pid;
   pthread_mutex_unlock(&fs_mu);
   close(sv[1]);
   int32_t pid = 0;
   int fd = -1;
+  if (rc == 0) {
+    struct timespec dl;
+    int r = carom__poll_fd(sv[0], POLLIN, carom__deadline_cap(NULL, atomic_load(&fs_reply_ns), &dl));
+    rc = r > 0 ? 0 : r == 0 ? -ETIMEDOUT : r;
+    if (rc == -ETIMEDOUT) {
+      carom_log(CAROM_LOG_ERROR, "forkserver: server %d did not answer a start request in "
+                "%.1f s; killing it (the next start runs a new one)", (int)server,
+                atomic_load(&fs_reply_ns) / 1e9);
+      pthread_mutex_lock(&fs_mu);
+      if (fs_pid == server) server_reap_locked();
+      pthread_mutex_unlock(&fs_mu);
+    }
+  }
   if (rc == 0) rc = carom__recv_fds(sv[0], &pid, sizeof pid, &fd, 1);
   if (rc == CAROM_EEOF) rc = -EPIPE; /* the server died after our request */
   if (rc == 0 && pid < 0) rc = pid;  /* its fork() failed */

@@ -131,6 +131,10 @@ pid_t carom__forkserver_start_child(const unsigned char *msg, size_t msg_len, in
 /* Run the server loop on the command socket fd; never returns. */
 __attribute__((noreturn)) void carom__forkserver_main(int fd);
 void carom__forkserver_stop(void);
+/* Tests: the server's pid (0: none), and how long a start waits for its
+ * answer before killing it (default 30 s). */
+pid_t carom__forkserver_pid(void);
+void carom__forkserver_set_reply_timeout(double seconds);
 void carom__forkserver_after_fork_child(void);
 
 /* ---- cpu.c ---- */

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -201,8 +202,20 @@ static bool reap_locked(carom_process_t *p, bool block) {
      * the server died: the status is lost (Python reports 255). */
     p->exitcode = carom__recv_all(p->sentinel, &code, sizeof code) == 0 ? code : 255;
     /* The server closes its end right after the code: wait for that EOF, so
-     * the sentinel stays readable from now on, as a pidfd does. */
+     * the sentinel stays readable from now on, as a pidfd does. Bounded: a
+     * server that stops after the code must not hang join(); the sentinel is
+     * then replaced (same number) by an fd that is always readable. */
+    struct timespec dl;
+    carom__deadline_cap(NULL, 1000000000ull, &dl);
     for (;;) {
+      if (carom__poll_fd(p->sentinel, POLLIN, &dl) <= 0) {
+        int e = eventfd(1, EFD_CLOEXEC);
+        if (e >= 0) {
+          dup3(e, p->sentinel, O_CLOEXEC);
+          close(e);
+        }
+        break;
+      }
       char c;
       ssize_t r = read(p->sentinel, &c, 1);
       if (r > 0 || (r < 0 && errno == EINTR)) continue;

@@ -35,6 +35,8 @@
 extern "C" {
 int carom__cgroup_cpu_limit(const char *root, const char *path);
 void carom__proc_force_no_pidfd(bool off);
+pid_t carom__forkserver_pid(void);
+void carom__forkserver_set_reply_timeout(double seconds);
 }
 
 using namespace carom_test;
@@ -820,6 +822,34 @@ TEST(Context, ForkserverPreloadRunsInServer) {
     if (run_fn("forkserver", t_preloaded) != 77) return 2;
     if (g_preloaded != 0) return 3;  // ran in the server, not here
     if (run_fn("spawn", t_preloaded) != 0) return 4;
+    return 0;
+  });
+  EXPECT_EQ(0, reap_code(c));
+}
+
+// A forkserver that is alive but does not answer (stopped here) does not
+// hang a start: it fails with -ETIMEDOUT after the reply timeout, the server
+// is killed and reaped, and the next start runs a new one.
+TEST(Context, StoppedForkserverTimesOutAndIsReplaced) {
+  pid_t c = fork_child([] {
+    if (run_fn("forkserver", t_return, 3) != 3) return 1;  // the server is up
+    pid_t server = carom__forkserver_pid();
+    if (server <= 0) return 2;
+    if (kill(server, SIGSTOP) != 0) return 3;
+    carom__forkserver_set_reply_timeout(0.2);
+    Opts x;
+    x.fn = t_return;
+    carom_process_t *p = make("forkserver", x);
+    if (!p) return 4;
+    uint64_t t0 = carom_now_ns();
+    int rc = carom_process_start(p);
+    double took = (carom_now_ns() - t0) / 1e9;
+    carom_process_free(p);
+    if (rc != -ETIMEDOUT) return 5;
+    if (took > 0.2 + 2 * slow_factor()) return 6;
+    if (kill(server, 0) == 0 || errno != ESRCH) return 7;  // killed and reaped
+    if (run_fn("forkserver", t_return, 9) != 9) return 8;  // a new server
+    if (carom__forkserver_pid() == server) return 9;
     return 0;
   });
   EXPECT_EQ(0, reap_code(c));
