@@ -105,8 +105,10 @@ struct carom_job {
   const char *in_block; /* items of one length back to back from here (or NULL) */
   const struct iovec *uitems; /* borrowed: the caller's items (blocking map) */
   /* Items [0, copied) are in the job (release by the submitting thread, which
-   * copies a large job's items after queueing it: see job_copy). */
+   * copies a large job's items after queueing it: see job_copy). copy_seen:
+   * the value dispatch() stopped at (supervisor only), 0 when it did not. */
   _Atomic size_t copied;
+  size_t copy_seen;
   carom_submit_opts_t cb;
   uint64_t soft_ns, hard_ns; /* limits (0: none) */
   bool timeout_set_called;
@@ -138,8 +140,8 @@ struct carom_job {
   size_t npub;
   /* Readers take items without the mutex: an item is final once a segment
    * covering it is published (release), and the first norder_pub items of the
-   * completion order (release) are linked. Consumers claim the next item by
-   * CAS. */
+   * completion order (release) are linked. Consumers claim the next item with
+   * plain stores while one thread owns the job, else by CAS (see claim). */
   _Atomic size_t norder_pub;
   pid_t pids[MAX_JOB_PIDS];
   int npids;
@@ -155,8 +157,8 @@ struct carom_job {
    * result message (the job is malloc'ed, so no _Alignas). */
   char pad_before_next[CAROM_CACHELINE];
   _Atomic size_t next_unordered, next_ordered;
-  /* The thread that owns the claim counters (see next_try), or CLAIM_SHARED;
-   * owner_busy: the owner is inside a claim. */
+  /* The thread that owns the claim counters (see next_try), CLAIM_SHARING or
+   * CLAIM_SHARED; owner_busy: the owner is inside a claim (its pid, else 0). */
   _Atomic(const void *) claim_owner;
   _Atomic int owner_busy;
   /* The segment a reader found last: consecutive reads mostly fall in it,
@@ -255,6 +257,7 @@ struct carom_pool {
   carom_job_t *pend_head, *pend_tail;
   size_t live_jobs; /* accepted from the submission list, not finished */
   _Atomic uint64_t next_id;
+  _Atomic int copying; /* submitters copying a queued job's items (see submit_new) */
   _Atomic uint32_t cancel_epoch; /* bumped by cancel/terminate requests */
   /* max_backlog: jobs submitted and not finished; submitters wait on
    * backlog_seq (bumped when a job finishes or the pool stops accepting). */
@@ -750,8 +753,11 @@ static bool dispatch(carom_pool_t *p) {
     size_t copied = atomic_load_explicit(&j->copied, memory_order_acquire);
     if (!j->redo && copied < j->n &&
         j->next_item + (j->n - j->next_item < j->chunksize ? j->n - j->next_item : j->chunksize) >
-            copied)
+            copied) {
+      j->copy_seen = copied + 1; /* the supervisor re-checks before sleeping */
       break;
+    }
+    j->copy_seen = 0;
     size_t first = 0, count = 0;
     job_take(j, &first, &count);
     if (!job_has_work(j)) pend_pop(p);
@@ -1477,6 +1483,10 @@ static void *supervisor(void *arg) {
       atomic_store_explicit(&h->sup_sleep, 1, memory_order_relaxed);
       atomic_thread_fence(memory_order_seq_cst); /* flag before re-check (Dekker with wakers) */
       bool ready = atomic_load(&p->sub_flag) || atomic_load(&p->cancel_epoch) != seen_cancel;
+      /* dispatch() stopped for a job's copy: the submitter may have published
+       * more since (its wake found us not yet asleep). */
+      carom_job_t *hj = p->pend_head;
+      ready |= hj && hj->copy_seen && atomic_load(&hj->copied) + 1 != hj->copy_seen;
       for (unsigned i = 0; i < p->nslots && !ready; i++) {
         wslot_t *w = &p->slots[i];
         if (w->state != W_STARTING && w->state != W_UP) continue;
@@ -1537,9 +1547,16 @@ static void *supervisor(void *arg) {
  * The first thread to call next() on a job owns its claim counter and
  * advances it with plain stores, between raising and lowering owner_busy. A
  * second thread makes the job shared for good (every claim is then a CAS):
- * it swaps claim_owner to CLAIM_SHARED, issues a private expedited membarrier
- * (every running thread of the process passes a full barrier), and waits
- * until owner_busy is 0. The owner re-reads claim_owner after raising
+ * it swaps claim_owner to CLAIM_SHARING, issues a private expedited
+ * membarrier (every running thread of the process passes a full barrier),
+ * waits until owner_busy is 0, and only then publishes CLAIM_SHARED (release);
+ * every other thread, the old owner included, waits through CLAIM_SHARING, so
+ * no CAS can run while the owner's last plain store is still to land (a third
+ * consumer did, and the owner's store moved the counter back: items twice).
+ * owner_busy holds the pid of the process whose owner raised it: a job
+ * inherited by a fork()ed child mid-claim (another thread of the parent was
+ * the owner) shows the parent's pid, which no thread of the child will clear,
+ * and is ignored. The owner re-reads claim_owner after raising
  * owner_busy with only a compiler barrier between: the membarrier stands in
  * for the owner's missing store-load fence (liburcu's sys_membarrier scheme,
  * as in ipc/ring.c), so either the owner sees the job shared or the second
@@ -1551,6 +1568,7 @@ static void *supervisor(void *arg) {
  * CAS). Registration is per process (keyed by pid: a fork()ed child has not).
  */
 #define CLAIM_SHARED ((const void *)1)
+#define CLAIM_SHARING ((const void *)2)
 static _Thread_local char claim_token; /* its address names the thread */
 static _Atomic int claim_mb_pid; /* pid of this process once registered */
 
@@ -1914,8 +1932,10 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
    * copied, travel as one block per chunk. */
   if (borrow && in_contig) j->in_block = base0;
   else if (!borrow && in_uniform) j->in_block = j->in;
+  if (defer) atomic_fetch_add(&p->copying, 1);
   int rc = submit(p, j, cb.nowait);
   if (rc) {
+    if (defer) atomic_fetch_sub(&p->copying, 1);
     atomic_store(&j->refs, 1);
     job_unref(j);
     return rc;
@@ -1923,7 +1943,8 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   if (defer) {
     /* Slices of whole chunks, about COPY_SLICE_BYTES each. The job is the
      * pool's now: it may even end (pool terminated) while this copies; our
-     * reference keeps its memory. */
+     * reference keeps its memory, and carom_pool_free waits for `copying` to
+     * fall before unmapping what sup_wake touches. */
     size_t per = total / n ? COPY_SLICE_BYTES / (total / n) : n;
     per = per < chunksize ? chunksize : per - per % chunksize;
     for (size_t a = 0, b; a < n; a = b) {
@@ -1932,6 +1953,7 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
       atomic_store_explicit(&j->copied, b, memory_order_release);
       sup_wake(p);
     }
+    atomic_fetch_sub_explicit(&p->copying, 1, memory_order_release);
   }
   *out = j;
   return 0;
@@ -2122,17 +2144,23 @@ static int unordered_read(carom_job_t *j, size_t k, size_t *index, const void **
 }
 
 /* The calling thread is not the owner (seen: claim_owner as read): take
- * ownership of an unowned job, else make it shared and make sure a claim the
- * owner has in progress has landed before claiming by CAS. */
+ * ownership of an unowned job, else make it shared, or wait until the thread
+ * making it shared has, before claiming by CAS. */
 static void claim_share(carom_job_t *j, const void *seen) {
   bool mb = claim_mb_ready();
-  while (seen != CLAIM_SHARED) {
+  for (;;) {
+    if (seen == CLAIM_SHARED || seen == &claim_token) return;
+    if (seen == CLAIM_SHARING) { /* another thread is making it shared */
+      sched_yield();
+      seen = atomic_load_explicit(&j->claim_owner, memory_order_acquire);
+      continue;
+    }
     if (seen == NULL) {
       if (atomic_compare_exchange_strong(&j->claim_owner, &seen, mb ? &claim_token : CLAIM_SHARED))
         return;
       continue; /* another thread took it first: seen is now that thread */
     }
-    if (atomic_compare_exchange_strong(&j->claim_owner, &seen, CLAIM_SHARED)) {
+    if (atomic_compare_exchange_strong(&j->claim_owner, &seen, CLAIM_SHARING)) {
       /* The membarrier stands in for the owner's missing fence. An owner
        * exists, so this process registered, unless it is a fork()ed child
        * of the one that did (the owner is then the thread that forked):
@@ -2143,7 +2171,9 @@ static void claim_share(carom_job_t *j, const void *seen) {
            syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) &&
           syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) != 0)
         carom__die("pool: a second consumer of a job needs membarrier(2) (%s)", strerror(errno));
-      while (atomic_load_explicit(&j->owner_busy, memory_order_acquire)) sched_yield();
+      pid_t me = carom__self_pid();
+      while (atomic_load_explicit(&j->owner_busy, memory_order_acquire) == me) sched_yield();
+      atomic_store_explicit(&j->claim_owner, CLAIM_SHARED, memory_order_release);
       return;
     }
   }
@@ -2154,13 +2184,15 @@ static void claim_share(carom_job_t *j, const void *seen) {
  * value seen. */
 static int claim(carom_job_t *j, _Atomic size_t *ctr, const _Atomic size_t *limit, size_t n,
                  size_t *k) {
-  const void *o = atomic_load_explicit(&j->claim_owner, memory_order_relaxed);
+  /* acquire: a CLAIM_SHARED read here orders the CAS below after the old
+   * owner's last plain store (released through owner_busy and CLAIM_SHARED). */
+  const void *o = atomic_load_explicit(&j->claim_owner, memory_order_acquire);
   if (CAROM_UNLIKELY(o != &claim_token && o != CLAIM_SHARED)) {
     claim_share(j, o);
-    o = atomic_load_explicit(&j->claim_owner, memory_order_relaxed);
+    o = atomic_load_explicit(&j->claim_owner, memory_order_acquire);
   }
   if (o == &claim_token) {
-    atomic_store_explicit(&j->owner_busy, 1, memory_order_relaxed);
+    atomic_store_explicit(&j->owner_busy, carom__self_pid(), memory_order_relaxed);
     atomic_signal_fence(memory_order_seq_cst); /* compiler only: see above */
     if (CAROM_LIKELY(atomic_load_explicit(&j->claim_owner, memory_order_relaxed) == &claim_token)) {
       size_t v = atomic_load_explicit(ctr, memory_order_relaxed);
@@ -2172,6 +2204,7 @@ static int claim(carom_job_t *j, _Atomic size_t *ctr, const _Atomic size_t *limi
       return took;
     }
     atomic_store_explicit(&j->owner_busy, 0, memory_order_release);
+    claim_share(j, atomic_load_explicit(&j->claim_owner, memory_order_acquire));
   }
   size_t v = atomic_load_explicit(ctr, memory_order_relaxed);
   for (;;) {
@@ -2364,6 +2397,10 @@ void carom_pool_free(carom_pool_t *p) {
         if (wait_supervisor(p, carom_deadline(5, &ts)) == -ETIMEDOUT) carom_pool_terminate(p);
       }
     }
+    /* A submitter still copying a job's items (another thread, racing
+     * this free) finishes its copy first: it wakes the supervisor through
+     * the shared region. The copy never waits on anything. */
+    while (atomic_load_explicit(&p->copying, memory_order_acquire)) sched_yield();
     /* Closing the socket tells the template to kill what is left and exit. */
     if (p->sock >= 0) close(p->sock);
     p->sock = -1;

@@ -1018,10 +1018,12 @@ TEST(Pool, UnorderedImapSharedByConsumers) {
   carom_pool_free(p);
 }
 
-// A second consumer arriving while the first one (the owner of the job's
-// claim counter, which claims without a locked instruction) is taking items
-// as fast as it can: across many jobs, every item still reaches exactly one
-// of them, ordered and unordered.
+// A second and a third consumer arriving while the first one (the owner of
+// the job's claim counter, which claims without a locked instruction) is
+// taking items as fast as it can: across many jobs, every item still reaches
+// exactly one of them, ordered and unordered. (The third one must wait while
+// the second makes the job shared: claiming by CAS before the owner's last
+// plain store landed gave items twice.)
 TEST(Pool, SecondConsumerJoiningAnOwnerLosesAndRepeatsNothing) {
   carom_pool_t *p = make_pool(2);
   const size_t n = 256;
@@ -1046,9 +1048,10 @@ TEST(Pool, SecondConsumerJoiningAnOwnerLosesAndRepeatsNothing) {
         int rc;
         while ((rc = carom_job_next(j, nullptr, &idx, nullptr, nullptr)) != CAROM_EEOF) seen[idx]++;
       };
-      std::thread second(consume, true);
+      std::thread second(consume, true), third(consume, true);
       consume(false);
       second.join();
+      third.join();
       for (size_t i = 0; i < n; i++) {
         dup += seen[i].load() > 1;
         missing += seen[i].load() == 0;
