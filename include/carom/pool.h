@@ -253,7 +253,10 @@ CAROM_EXTERN int carom_pool_map_async(carom_pool_t *pool, carom_task_fn fn,
  * failed item's code; *job holds the per-item results either way. */
 CAROM_EXTERN int carom_pool_map(carom_pool_t *pool, carom_task_fn fn, const struct iovec *items,
                                 size_t n, size_t chunksize, carom_job_t **job);
-/* imap / imap_unordered: like map_async, consumed with carom_job_next(). */
+/* imap / imap_unordered: like map_async, consumed with carom_job_next().
+ * map_async and imap copy the items before returning (the caller may reuse
+ * them at once); from 128 KiB of items on, the job is queued first and
+ * workers start on the chunks already copied while the rest is copied. */
 CAROM_EXTERN int carom_pool_imap(carom_pool_t *pool, carom_task_fn fn, const struct iovec *items,
                                  size_t n, size_t chunksize, bool ordered, carom_job_t **job);
 
@@ -285,7 +288,10 @@ CAROM_EXTERN size_t carom_job_count(carom_job_t *job);
 CAROM_EXTERN int carom_job_item(carom_job_t *job, size_t i, const void **data, size_t *len);
 /* imap iteration: the next result in order (ordered) or completion order.
  * Returns the item's code and sets *index; CAROM_EEOF when all were returned;
- * -ETIMEDOUT when none arrived by the deadline. */
+ * -ETIMEDOUT when none arrived by the deadline. Several threads may call it on
+ * one job: each item goes to exactly one of them. The first thread to call it
+ * takes items without atomic read-modify-writes; when a second one joins, the
+ * job switches (once, with a membarrier(2)) to a CAS per item. */
 CAROM_EXTERN int carom_job_next(carom_job_t *job, const struct timespec *deadline, size_t *index,
                                 const void **data, size_t *len);
 /* Pids of workers that ran (part of) the job; returns how many (<= max). */
