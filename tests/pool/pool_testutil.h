@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -78,16 +79,33 @@ inline int twice_task(carom_task_ctx_t *ctx, const void *arg, size_t len) {
 }
 
 // A pool of `processes` workers made with start method `method` (NULL: fork).
-inline carom_pool_t *make_method_pool(const char *method, int processes, unsigned maxtasks = 0) {
+// An initializer that fails with the message "no such database".
+inline int failing_init(void *, char *msg, size_t n) {
+  snprintf(msg, n, "no such database");
+  return 1;
+}
+
+// Default pool options with `processes` set, for a test to adjust.
+inline carom_pool_opts_t pool_opts(int processes) {
   carom_pool_opts_t o = {};
   o.size = sizeof o;
   o.processes = processes;
-  o.maxtasksperchild = maxtasks;
-  o.start_method = method;
+  return o;
+}
+
+// A pool made from o; nullptr (and a failed expectation) when creation fails.
+inline carom_pool_t *create_pool(const carom_pool_opts_t &o) {
   carom_pool_t *p = nullptr;
   int rc = carom_pool_create(&o, &p);
   EXPECT_EQ(0, rc) << carom_strerror(rc);
   return p;
+}
+
+inline carom_pool_t *make_method_pool(const char *method, int processes, unsigned maxtasks = 0) {
+  carom_pool_opts_t o = pool_opts(processes);
+  o.maxtasksperchild = maxtasks;
+  o.start_method = method;
+  return create_pool(o);
 }
 
 // No child of ours may be left (zombie or alive) once pools are freed.

@@ -82,13 +82,7 @@ int64_t i64(const void *p) {
 }
 
 carom_pool_t *make_pool(int procs, unsigned maxtasks = 0) {
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = procs;
-  o.maxtasksperchild = maxtasks;
-  carom_pool_t *p = nullptr;
-  EXPECT_EQ(0, carom_pool_create(&o, &p));
-  return p;
+  return make_method_pool(nullptr, procs, maxtasks);
 }
 
 
@@ -145,9 +139,7 @@ TEST(Pool, MapKeepsOrderForManyChunkSizes) {
 }
 
 TEST(Pool, MapOfLargeItemsStreamsThroughSmallChannels) {
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 2;
+  carom_pool_opts_t o = pool_opts(2);
   o.channel_bytes = 1 << 16;  // 64 KiB rings, 1 MiB items
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
@@ -268,9 +260,7 @@ TEST(Pool, KilledWorkerFailsItsTaskOnlyAndIsReplaced) {
 TEST(Pool, CrashKindsAreReportedPrecisely) {
   static std::vector<carom_worker_exit_t> exits;
   exits.clear();
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 1;
+  carom_pool_opts_t o = pool_opts(1);
   o.on_process_down = [](const carom_worker_exit_t *e, void *) { exits.push_back(*e); };
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
@@ -338,11 +328,6 @@ TEST(Pool, LargeArgumentsWithMaxTasksPerChildOne) {
   carom_pool_free(p);
 }
 
-static int failing_init(void *, char *msg, size_t n) {
-  snprintf(msg, n, "no such database");
-  return 1;
-}
-
 static int crashing_init(void *, char *, size_t) {
   abort();  // SIGABRT: sanitizers turn SIGSEGV into an exit code, not abort
   return 0;
@@ -355,9 +340,7 @@ static void expect_initializer_failure(int (*init)(void *, char *, size_t), std:
                                        int *downs) {
   static std::atomic<int> down_count{0};
   down_count = 0;
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 1;
+  carom_pool_opts_t o = pool_opts(1);
   o.initializer = init;
   o.init_retries = 3;
   o.on_process_down = [](const carom_worker_exit_t *, void *) { down_count++; };
@@ -560,9 +543,7 @@ TEST(Pool, HundredsOfWorkersStartWithoutWedging) {
 
 TEST(Pool, BadArguments) {
   carom_pool_t *p;
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = -1;
+  carom_pool_opts_t o = pool_opts(-1);
   EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
   o.processes = 1;
   o.channel_bytes = 1000;
@@ -655,9 +636,7 @@ TEST(Pool, EightThreadsCreateAndUsePools) {
     pthread_create(&t, nullptr, [](void *arg) -> void * {
       auto *g = static_cast<std::atomic<int> *>(arg);
       for (int round = 0; round < 5; round++) {
-        carom_pool_opts_t o = {};
-        o.size = sizeof o;
-        o.processes = 2;
+        carom_pool_opts_t o = pool_opts(2);
         carom_pool_t *p;
         if (carom_pool_create(&o, &p) != 0) return nullptr;
         int okc = 0;
@@ -761,9 +740,7 @@ TEST(Pool, WorkersIgnoreSigint) {
 // P32: max_backlog bounds submitted-and-unfinished jobs; nowait gets EAGAIN,
 // a blocking submitter waits for room; closing releases waiters with ECLOSED.
 TEST(Pool, MaxBacklogGivesBackPressure) {
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 1;
+  carom_pool_opts_t o = pool_opts(1);
   o.max_backlog = 3;
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
@@ -931,42 +908,6 @@ TEST(Pool, MixedResultsAcrossChunks) {
     for (size_t i = 0; i < n; i++) EXPECT_EQ(1, seen[i]) << i;
     carom_job_release(j);
   }
-  carom_pool_free(p);
-}
-
-// Cancelling a map whose first chunk runs: that chunk's items keep their
-// results (the first end wins), every other item ends cancelled, each once.
-TEST(Pool, CancelledMapKeepsResultsOfTheRunningChunk) {
-  carom_pool_t *p = make_pool(1);
-  const size_t n = 5000, cs = 10;
-  Int64Items items(n);
-  __atomic_store_n(g_gate, 0, __ATOMIC_RELEASE);
-  carom_job_t *j;
-  ASSERT_EQ(0, carom_pool_map_async(p, gated, items.iov.data(), n, cs, nullptr, &j));
-  ASSERT_TRUE(wait_accepted(j));
-  ASSERT_EQ(0, carom_job_cancel(j));
-  __atomic_store_n(g_gate, 1, __ATOMIC_RELEASE);
-  timespec ts;
-  EXPECT_EQ(CAROM_ECANCELLED, carom_job_wait(j, carom_deadline(10, &ts)));
-  size_t ok = 0, cancelled = 0;
-  for (size_t i = 0; i < n; i++) {
-    const void *d;
-    size_t len;
-    int rc = carom_job_item(j, i, &d, &len);
-    if (i < cs) {
-      ASSERT_EQ(0, rc) << i;
-      ASSERT_EQ(8u, len);
-      EXPECT_EQ(static_cast<int64_t>(i), i64(d));
-      ok++;
-    } else {
-      ASSERT_EQ(CAROM_ECANCELLED, rc) << i;
-      EXPECT_STREQ("cancelled", static_cast<const char *>(d));
-      cancelled++;
-    }
-  }
-  EXPECT_EQ(cs, ok);
-  EXPECT_EQ(n - cs, cancelled);
-  carom_job_release(j);
   carom_pool_free(p);
 }
 
@@ -1170,42 +1111,62 @@ TEST(Pool, LargeCopiedJobsArriveWhole) {
   carom_pool_free(p);
 }
 
-// Cancelling an imap_unordered job whose first chunk runs: next() yields
-// that chunk's results and every other item cancelled, each exactly once.
-TEST(Pool, CancelledUnorderedImapYieldsEachItemOnce) {
+// Cancelling a job whose first chunk runs: that chunk's items keep their
+// results (the first end wins), every other item ends cancelled, each once:
+// read by index from a map, and through next() from an unordered imap.
+TEST(Pool, CancelledJobKeepsResultsOfTheRunningChunk) {
   carom_pool_t *p = make_pool(1);
   const size_t n = 5000, cs = 10;
   Int64Items items(n);
-  __atomic_store_n(g_gate, 0, __ATOMIC_RELEASE);
-  carom_job_t *j;
-  ASSERT_EQ(0, carom_pool_imap(p, gated, items.iov.data(), n, cs, false, &j));
-  ASSERT_TRUE(wait_accepted(j));
-  ASSERT_EQ(0, carom_job_cancel(j));
-  __atomic_store_n(g_gate, 1, __ATOMIC_RELEASE);
-  std::vector<int> seen(n);
-  size_t ok = 0, cancelled = 0, idx;
-  const void *d;
-  size_t len;
-  int rc;
-  timespec ts;
-  carom_deadline(10, &ts);
-  while ((rc = carom_job_next(j, &ts, &idx, &d, &len)) != CAROM_EEOF) {
-    ASSERT_NE(-ETIMEDOUT, rc);
-    ASSERT_LT(idx, n);
-    seen[idx]++;
-    if (idx < cs) {
-      EXPECT_EQ(0, rc) << idx;
-      EXPECT_EQ(static_cast<int64_t>(idx), i64(d));
-      ok++;
+  for (bool imap : {false, true}) {
+    __atomic_store_n(g_gate, 0, __ATOMIC_RELEASE);
+    carom_job_t *j;
+    if (imap) {
+      ASSERT_EQ(0, carom_pool_imap(p, gated, items.iov.data(), n, cs, false, &j));
     } else {
-      EXPECT_EQ(CAROM_ECANCELLED, rc) << idx;
-      cancelled++;
+      ASSERT_EQ(0, carom_pool_map_async(p, gated, items.iov.data(), n, cs, nullptr, &j));
     }
+    ASSERT_TRUE(wait_accepted(j));
+    ASSERT_EQ(0, carom_job_cancel(j));
+    __atomic_store_n(g_gate, 1, __ATOMIC_RELEASE);
+    std::vector<int> seen(n);
+    size_t ok = 0, cancelled = 0;
+    auto check = [&](size_t i, int rc, const void *d, size_t len) {
+      seen[i]++;
+      if (i < cs) {
+        EXPECT_EQ(0, rc) << i;
+        EXPECT_EQ(8u, len);
+        EXPECT_EQ(static_cast<int64_t>(i), i64(d));
+        ok++;
+      } else {
+        EXPECT_EQ(CAROM_ECANCELLED, rc) << i;
+        EXPECT_STREQ("cancelled", static_cast<const char *>(d));
+        cancelled++;
+      }
+    };
+    timespec ts;
+    carom_deadline(10, &ts);
+    const void *d;
+    size_t len, idx;
+    if (imap) {
+      int rc;
+      while ((rc = carom_job_next(j, &ts, &idx, &d, &len)) != CAROM_EEOF) {
+        ASSERT_NE(-ETIMEDOUT, rc);
+        ASSERT_LT(idx, n);
+        check(idx, rc, d, len);
+      }
+    } else {
+      EXPECT_EQ(CAROM_ECANCELLED, carom_job_wait(j, &ts));
+      for (size_t i = 0; i < n; i++) {
+        int rc = carom_job_item(j, i, &d, &len);
+        check(i, rc, d, len);
+      }
+    }
+    EXPECT_EQ(cs, ok) << (imap ? "imap" : "map");
+    EXPECT_EQ(n - cs, cancelled);
+    for (size_t i = 0; i < n; i++) EXPECT_EQ(1, seen[i]) << i;
+    carom_job_release(j);
   }
-  EXPECT_EQ(cs, ok);
-  EXPECT_EQ(n - cs, cancelled);
-  for (size_t i = 0; i < n; i++) EXPECT_EQ(1, seen[i]) << i;
-  carom_job_release(j);
   carom_pool_free(p);
 }
 
@@ -1271,9 +1232,7 @@ int report_soft(carom_task_ctx_t *ctx, const void *, size_t) {
 // A replacement worker's messages restart at sequence 0: a cancel mark left
 // by its predecessor must not skip an unrelated job.
 TEST(Pool, CancelMarkDoesNotOutliveTheWorker) {
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 1;
+  carom_pool_opts_t o = pool_opts(1);
   o.prefetch = 3;
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));

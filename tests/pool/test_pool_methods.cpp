@@ -121,9 +121,7 @@ TEST_P(PoolMethod, CreatorStateIsInheritedOnlyUnderFork) {
 // every method, replacements included.
 TEST_P(PoolMethod, InitializerGetsArgumentBytes) {
   char arg[] = "hello from the creator";
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 2;
+  carom_pool_opts_t o = pool_opts(2);
   o.start_method = GetParam();
   o.initializer = init_copy;
   o.initarg = arg;
@@ -189,17 +187,10 @@ TEST_P(PoolMethod, RecyclingRunsEveryTaskInANewWorker) {
   carom_pool_free(p);
 }
 
-int failing_init(void *, char *msg, size_t n) {
-  snprintf(msg, n, "no such database");
-  return 1;
-}
-
 // A failing initializer is reported with its message under every method
 // (the message crosses from the worker image through shared memory).
 TEST_P(PoolMethod, FailingInitializerIsReported) {
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 1;
+  carom_pool_opts_t o = pool_opts(1);
   o.start_method = GetParam();
   o.initializer = failing_init;
   o.init_retries = 2;
@@ -269,9 +260,7 @@ INSTANTIATE_TEST_SUITE_P(StartMethods, PoolMethod,
 
 // Misuse is refused at once, with the error the header documents.
 TEST(PoolMethods, BadOptionsAreRefused) {
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 1;
+  carom_pool_opts_t o = pool_opts(1);
   carom_pool_t *p = nullptr;
   o.start_method = "vfork";
   EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));

@@ -72,14 +72,10 @@ int forks_grandchild(carom_task_ctx_t *, const void *, size_t) {
 }
 
 carom_pool_t *make_pool(int procs, double soft = 0, double hard = 0) {
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = procs;
+  carom_pool_opts_t o = pool_opts(procs);
   o.soft_timeout = soft;
   o.timeout = hard;
-  carom_pool_t *p = nullptr;
-  EXPECT_EQ(0, carom_pool_create(&o, &p));
-  return p;
+  return create_pool(o);
 }
 
 double secs_since(uint64_t t0) { return (carom_now_ns() - t0) / 1e9; }
@@ -185,9 +181,7 @@ TEST_F(PoolTimeouts, SoftLimitLetsTaskFinishEarlyOrFail) {
 TEST_F(PoolTimeouts, PerTaskOverridesAndCallbacks) {
   static std::atomic<int> set{0}, cancelled{0}, timed_out{0};
   set = cancelled = timed_out = 0;
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 2;
+  carom_pool_opts_t o = pool_opts(2);
   o.timeout = 0.1;  // pool-wide
   o.on_timeout_set = [](carom_job_t *, double soft, double hard, void *) {
     if (soft == 0 && hard > 0) set++;
@@ -314,9 +308,7 @@ TEST_F(PoolTimeouts, OwnerSigintInterruptsBlockingMap) {
   GTEST_SKIP() << "signal delivery is deferred under ThreadSanitizer";
 #endif
   pid_t owner = fork_child([] {
-    carom_pool_opts_t o = {};
-    o.size = sizeof o;
-    o.processes = 2;
+    carom_pool_opts_t o = pool_opts(2);
     o.signals = CAROM_POOL_SIGINT_TERMINATE;
     carom_pool_t *p;
     if (carom_pool_create(&o, &p) != 0) return 10;
@@ -354,9 +346,7 @@ TEST_F(PoolTimeouts, OwnerSigtermShutsDownWithGrace) {
   GTEST_SKIP() << "signal delivery is deferred under ThreadSanitizer";
 #endif
   pid_t owner = fork_child([] {
-    carom_pool_opts_t o = {};
-    o.size = sizeof o;
-    o.processes = 1;
+    carom_pool_opts_t o = pool_opts(1);
     o.signals = CAROM_POOL_SIGTERM_SHUTDOWN;
     o.sigterm_grace = 0.3;
     carom_pool_t *p;
@@ -386,9 +376,7 @@ TEST_F(PoolTimeouts, OwnerSigtermShutsDownWithGrace) {
 // for it must never take the next task (no limit) along. Tasks straddle the
 // limit so that many end inside the kill's round trip; each pair is checked.
 TEST_F(PoolTimeouts, KillForAFinishedTaskSparesTheNextOne) {
-  carom_pool_opts_t o = {};
-  o.size = sizeof o;
-  o.processes = 1;
+  carom_pool_opts_t o = pool_opts(1);
   o.prefetch = 1;
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
