@@ -100,6 +100,21 @@ bool carom__use_pidfd(void);
  * (false). Named for proc/'s tests, which use it. */
 void carom__proc_force_no_pidfd(bool off);
 
+/* membarrier(2) registration of this process, one per kind (private or
+ * global expedited), keyed by pid: a fork()ed child has not registered. The
+ * state is the registered pid, or its negation once the kernel refused. */
+enum { CAROM__MB_PRIVATE = 0, CAROM__MB_GLOBAL = 1 };
+extern _Atomic int carom__mb_state[2];
+static inline bool carom__mb_registered(int kind) {
+  return atomic_load_explicit(&carom__mb_state[kind], memory_order_relaxed) == carom__self_pid();
+}
+/* Register once (an attempt the kernel refused is not repeated in this
+ * process): true when registered. With several threads registering costs an
+ * RCU grace period (milliseconds). */
+bool carom__mb_register(int kind);
+/* 1 registered, -1 refused, 0 not tried in this process. */
+int carom__mb_status(int kind);
+
 /* ---- fds (base/io.c): EINTR retried, system calls only ---- */
 
 /* Wait until fd has `events` (or POLLHUP/POLLERR) or the deadline (NULL:

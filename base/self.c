@@ -12,6 +12,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <signal.h>
+#include <linux/membarrier.h>
 #include <sys/syscall.h>
 
 static _Atomic pid_t self_pid;
@@ -74,6 +75,27 @@ bool carom__use_pidfd(void) {
 }
 void carom__proc_force_no_pidfd(bool off) {
   atomic_store_explicit(&pidfd_mode, off ? 2 : 0, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------ membarrier ---- */
+
+_Atomic int carom__mb_state[2];
+
+int carom__mb_status(int kind) {
+  pid_t me = carom__self_pid();
+  int s = atomic_load_explicit(&carom__mb_state[kind], memory_order_relaxed);
+  return s == me ? 1 : s == -me ? -1 : 0;
+}
+
+bool carom__mb_register(int kind) {
+  int st = carom__mb_status(kind);
+  if (st) return st > 0;
+  int cmd = kind == CAROM__MB_GLOBAL ? MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED
+                                     : MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED;
+  bool ok = syscall(SYS_membarrier, cmd, 0, 0) == 0;
+  pid_t me = carom__self_pid();
+  atomic_store_explicit(&carom__mb_state[kind], ok ? me : -me, memory_order_relaxed);
+  return ok;
 }
 
 /* -------------------------------------------------------- liveness ---- */

@@ -214,28 +214,14 @@ carom_ring_t *carom_ring_attach(void *mem) {
  * sys_membarrier scheme). Processes that cannot register keep the real fence;
  * a sleeper that cannot issue the membarrier caps its sleep at
  * MB_FALLBACK_NS instead, so a registered publisher is never missed for
- * longer than that. Registration is per process; a fork()ed child
- * registers again (it is keyed by the cached pid). */
+ * longer than that. Registration is per process (carom__mb_register: a
+ * fork()ed child registers again). */
 #define MB_FALLBACK_NS 1000000ull
-static _Atomic int mb_pid;     /* pid of this process once registered */
-static _Atomic int mb_refused; /* registration failed in this process */
-
-static bool mb_register_slow(pid_t me) {
-  if (atomic_load_explicit(&mb_refused, memory_order_relaxed) == me) return false;
-  if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0) {
-    atomic_store_explicit(&mb_pid, me, memory_order_relaxed);
-    return true;
-  }
-  atomic_store_explicit(&mb_refused, me, memory_order_relaxed);
-  return false;
-}
 
 /* The publisher's half: order the preceding publish before the following
  * load of a waiting flag. */
 static inline void publish_fence(void) {
-  pid_t me = carom__self_pid();
-  if (CAROM_LIKELY(atomic_load_explicit(&mb_pid, memory_order_relaxed) == me) ||
-      mb_register_slow(me))
+  if (CAROM_LIKELY(carom__mb_registered(CAROM__MB_GLOBAL)) || carom__mb_register(CAROM__MB_GLOBAL))
     atomic_signal_fence(memory_order_seq_cst); /* compiler only; see above */
   else
     atomic_thread_fence(memory_order_seq_cst);

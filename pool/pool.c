@@ -152,11 +152,12 @@ struct carom_job {
   _Atomic uint32_t done;     /* futex: 1 when every item ended */
   _Atomic uint32_t progress; /* futex: bumped when items end */
   _Atomic uint32_t waiters_done, waiters_progress;
-  /* Written by consumers only (a CAS per item taken): a line's worth of
-   * padding on each side keeps them away from what the supervisor writes per
-   * result message (the job is malloc'ed, so no _Alignas). */
+  /* Written by consumers only: a line's worth of padding on each side keeps
+   * them away from what the supervisor writes per result message (the job is
+   * malloc'ed, so no _Alignas). next_claim: the next item to hand out, by
+   * index, or by position in the completion order (unordered jobs). */
   char pad_before_next[CAROM_CACHELINE];
-  _Atomic size_t next_unordered, next_ordered;
+  _Atomic size_t next_claim;
   /* The thread that owns the claim counters (see next_try), CLAIM_SHARING or
    * CLAIM_SHARED; owner_busy: the owner is inside a claim (its pid, else 0). */
   _Atomic(const void *) claim_owner;
@@ -1570,21 +1571,6 @@ static void *supervisor(void *arg) {
 #define CLAIM_SHARED ((const void *)1)
 #define CLAIM_SHARING ((const void *)2)
 static _Thread_local char claim_token; /* its address names the thread */
-static _Atomic int claim_mb_pid; /* pid of this process once registered */
-
-static bool claim_mb_ready(void) {
-  return atomic_load_explicit(&claim_mb_pid, memory_order_relaxed) == carom__self_pid();
-}
-
-/* Register (once per process) while it has a single thread. */
-static void claim_mb_register(void) {
-  pid_t me = carom__self_pid();
-  if (atomic_load_explicit(&claim_mb_pid, memory_order_relaxed) == me) return;
-  if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
-    atomic_store_explicit(&claim_mb_pid, me, memory_order_relaxed);
-}
-
-
 static int count_threads(void) {
   DIR *d = opendir("/proc/self/task");
   if (!d) return 1;
@@ -1654,9 +1640,9 @@ int carom_pool_create(const carom_pool_opts_t *opts, carom_pool_t **out) {
    * membarrier, cheap only while it has one thread: now, before this pool's
    * supervisor thread exists, if the creator has none. */
   int nthreads = 0;
-  if (!claim_mb_ready()) {
+  if (carom__mb_status(CAROM__MB_PRIVATE) == 0) {
     nthreads = count_threads();
-    if (nthreads == 1) claim_mb_register();
+    if (nthreads == 1) carom__mb_register(CAROM__MB_PRIVATE);
   }
   p->evfd = p->sock = p->epfd = p->tpl_pidfd = -1;
   p->term_running = CAROM_ETERMINATED;
@@ -1881,10 +1867,12 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   bool in_uniform = n > 0, in_contig = n > 0;
   const char *base0 = n ? items[0].iov_base : NULL;
   uintptr_t b0 = (uintptr_t)base0; /* integer arithmetic: base0 may be NULL */
+  size_t total = 0; /* the items' bytes */
   for (size_t i = 0; i < n; i++) { /* lengths travel as 32-bit fields */
     if (items[i].iov_len > UINT32_MAX - 4096) return -EMSGSIZE;
     in_uniform &= items[i].iov_len == items[0].iov_len;
     in_contig &= (uintptr_t)items[i].iov_base == b0 + i * items[0].iov_len;
+    total += items[i].iov_len;
   }
   in_contig &= in_uniform && base0 != NULL;
   carom_submit_opts_t cb = {0};
@@ -1897,13 +1885,10 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
      * worker's buffers stay in cache. */
     size_t d = 4 * p->target;
     chunksize = n / d + (n % d ? 1 : 0);
-    size_t bytes = 0;
-    for (size_t i = 0; i < n && i < 1024; i++) bytes += items[i].iov_len;
-    size_t sample = n < 1024 ? n : 1024;
     /* Per item: its bytes (+ a length unless all are one size) down, and a
      * result record + a result guessed as large as the item (at least 8
      * bytes) up; the larger of the two must fit a frame. */
-    size_t avg = sample ? bytes / sample : 0;
+    size_t avg = n ? total / n : 0;
     size_t down = avg + (in_uniform ? 0 : sizeof(uint32_t));
     size_t up = sizeof(item_res_t) + (avg > 8 ? avg : 8);
     size_t per_item = down > up ? down : up;
@@ -1915,10 +1900,6 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   uint64_t wfn;
   int trc = fn_in_workers(p, fn, &wfn);
   if (trc) return trc;
-  size_t total = 0;
-  if (!borrow && in_uniform) total = n * items[0].iov_len;
-  else if (!borrow)
-    for (size_t i = 0; i < n; i++) total += items[i].iov_len;
   /* A large copy (0.75 ms for 200k items of 8 bytes here, most of it page
    * faults on the job's fresh memory) is made after the job is queued, in
    * slices of whole chunks published one by one: workers start on the first
@@ -2147,7 +2128,7 @@ static int unordered_read(carom_job_t *j, size_t k, size_t *index, const void **
  * ownership of an unowned job, else make it shared, or wait until the thread
  * making it shared has, before claiming by CAS. */
 static void claim_share(carom_job_t *j, const void *seen) {
-  bool mb = claim_mb_ready();
+  bool mb = carom__mb_registered(CAROM__MB_PRIVATE);
   for (;;) {
     if (seen == CLAIM_SHARED || seen == &claim_token) return;
     if (seen == CLAIM_SHARING) { /* another thread is making it shared */
@@ -2166,8 +2147,7 @@ static void claim_share(carom_job_t *j, const void *seen) {
        * of the one that did (the owner is then the thread that forked):
        * register now (slow with several threads, and rare), or take the
        * global membarrier, which needs no registration. */
-      if (!mb) claim_mb_register();
-      if ((!claim_mb_ready() ||
+      if ((!carom__mb_register(CAROM__MB_PRIVATE) ||
            syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) &&
           syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) != 0)
         carom__die("pool: a second consumer of a job needs membarrier(2) (%s)", strerror(errno));
@@ -2179,11 +2159,13 @@ static void claim_share(carom_job_t *j, const void *seen) {
   }
 }
 
-/* Take counter *ctr's next value if it is below `limit` (owner: plain
- * stores; shared: CAS). Returns 1 with *k when taken, else 0 with *k the
- * value seen. */
-static int claim(carom_job_t *j, _Atomic size_t *ctr, const _Atomic size_t *limit, size_t n,
-                 size_t *k) {
+/* Take next_claim's value if that item is ready (owner: plain stores;
+ * shared: CAS): below norder_pub for an unordered job, published for the
+ * others. Returns 1 with *k when taken, else 0 with *k the value seen. */
+static int claim(carom_job_t *j, size_t *k) {
+  _Atomic size_t *ctr = &j->next_claim;
+  const _Atomic size_t *limit = j->unordered ? &j->norder_pub : NULL;
+  size_t n = j->n;
   /* acquire: a CLAIM_SHARED read here orders the CAS below after the old
    * owner's last plain store (released through owner_busy and CLAIM_SHARED). */
   const void *o = atomic_load_explicit(&j->claim_owner, memory_order_acquire);
@@ -2224,17 +2206,14 @@ static int claim(carom_job_t *j, _Atomic size_t *ctr, const _Atomic size_t *limi
  * yet, CAROM_EEOF when every item was taken. */
 static int next_try(carom_job_t *j, size_t *index, const void **data, size_t *len, int *rc) {
   size_t k;
-  if (!j->unordered) {
-    if (claim(j, &j->next_ordered, NULL, j->n, &k)) {
-      if (index) *index = k;
-      *rc = item_read(j, k, data, len);
-      return 1;
-    }
-  } else if (claim(j, &j->next_unordered, &j->norder_pub, j->n, &k)) {
+  if (!claim(j, &k)) return k >= j->n ? CAROM_EEOF : 0;
+  if (j->unordered) {
     *rc = unordered_read(j, k, index, data, len);
-    return 1;
+  } else {
+    if (index) *index = k;
+    *rc = item_read(j, k, data, len);
   }
-  return k >= j->n ? CAROM_EEOF : 0;
+  return 1;
 }
 
 int carom_job_next(carom_job_t *j, const struct timespec *deadline, size_t *index,

@@ -57,7 +57,6 @@ void carom__forkserver_set_reply_timeout(double seconds) {
   atomic_store(&fs_reply_ns, (uint64_t)(seconds * 1e9));
 }
 
-
 /* A raw fork() (not through carom) copies fs_* into a child that does not own
  * the server: forget it there (closing the copies) instead of sharing it. */
 static void forget_if_forked_locked(void) {
