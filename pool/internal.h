@@ -152,7 +152,7 @@ enum { EX_RECYCLE = 0x9B, EX_INITFAIL = 0x9C, EX_SETUP = 0x9D, EX_STOPPED = 0x9E
 
 /* Requests over the template socket: parent → template. */
 typedef struct {
-  uint32_t op; /* TPL_SPAWN / TPL_KILL */
+  uint32_t op; /* TPL_SPAWN / TPL_KILL / TPL_QUIT */
   uint32_t slot;
   int32_t pid;
   int32_t sig;
@@ -166,7 +166,10 @@ typedef struct {
   int32_t status; /* wait status (TPL_EXITED) or -errno (failed spawn) */
 } tpl_rep_t;
 
-enum { TPL_SPAWN = 1, TPL_KILL = 2, TPL_SPAWNED = 3, TPL_EXITED = 4 };
+/* TPL_QUIT: no more requests but kills; exit once every worker is reaped and
+ * reported (the pool is closed and its work done: the template's own exit
+ * then overlaps the caller's return from join). */
+enum { TPL_SPAWN = 1, TPL_KILL = 2, TPL_SPAWNED = 3, TPL_EXITED = 4, TPL_QUIT = 5 };
 
 enum { POOL_METHOD_FORK = 0, POOL_METHOD_FORKSERVER = 1, POOL_METHOD_SPAWN = 2 };
 

@@ -265,6 +265,7 @@ struct carom_pool {
   _Atomic uint32_t backlog, backlog_seq, backlog_waiters;
   unsigned healthy; /* workers that reported READY since the last init failure */
   bool tpl_dead;
+  bool tpl_quit; /* TPL_QUIT sent: its end of the socket closing is expected */
   /* Requests to the template not yet taken by its socket (supervisor only;
    * before the supervisor starts, the creating thread). Sending never blocks:
    * a template blocked replying to a supervisor blocked sending would wedge
@@ -627,7 +628,14 @@ enum { TINY_NS = 20000, TINY_INFLIGHT = 32 };
 _Static_assert((int)TINY_INFLIGHT <= (int)CANCEL_RING, "queued messages need distinct cancel marks");
 
 static unsigned slot_capacity(carom_pool_t *p, wslot_t *w, const carom_job_t *j) {
-  if (w->state != W_UP || w->sending) return 0;
+  if (w->sending) return 0;
+  if (w->state != W_UP) {
+    /* No worker is up (a new pool, or all being replaced): one message may
+     * wait in a starting worker's channel, so that it runs as soon as the
+     * worker is ready rather than a round trip through us later. Not while
+     * another is up: a slow initializer would hold it back. */
+    return w->state == W_STARTING && !p->healthy && !w->fifo_n ? 1 : 0;
+  }
   unsigned max = 1 + p->opts.prefetch;
   if (w->avg_ns && w->avg_ns < TINY_NS && w->avg_fn == j->wfn && max < TINY_INFLIGHT) {
     /* Tiny so far, unless the message at its head is of another function
@@ -977,10 +985,12 @@ static const char *signame(int sig) {
 static void worker_gone(carom_pool_t *p, unsigned i) {
   wslot_t *w = &p->slots[i];
   slot_t *s = pool_slot(p->shm, i);
-  /* Died before it said READY: its start-up (initializer) failed, however it
-   * ended (a crashing initializer must not cause a respawn storm either). */
-  bool died_starting = w->state == W_STARTING;
   drain_up(p, i); /* results it published before dying are good */
+  /* Died before it said READY: its start-up (initializer) failed, however it
+   * ended (a crashing initializer must not cause a respawn storm either).
+   * Read after the drain: a READY it published counts, and a message it was
+   * given while starting (slot_capacity) may have been what it died of. */
+  bool died_starting = w->state == W_STARTING;
   int st = w->status;
   carom_worker_exit_t ex = {.pid = w->pid, .job_id = 0};
   if (!w->have_status) {
@@ -1128,11 +1138,14 @@ static void handle_tpl(carom_pool_t *p) {
     if (n != (ssize_t)sizeof r) {
       if (n == 0) {
         /* The template is gone, and every worker with it (PDEATHSIG). Nothing
-         * can be started any more: end everything as terminate does. */
-        carom_log(CAROM_LOG_ERROR, "pool: template process died; terminating the pool");
-        pthread_mutex_lock(&p->mu);
-        p->state = POOL_TERMINATE;
-        pthread_mutex_unlock(&p->mu);
+         * can be started any more: end everything as terminate does. After
+         * TPL_QUIT that is expected: it left after reporting every worker. */
+        if (!p->tpl_quit) {
+          carom_log(CAROM_LOG_ERROR, "pool: template process died; terminating the pool");
+          pthread_mutex_lock(&p->mu);
+          p->state = POOL_TERMINATE;
+          pthread_mutex_unlock(&p->mu);
+        }
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->sock, NULL);
         p->tpl_dead = true;
         for (unsigned i = 0; i < p->nslots; i++) {
@@ -1466,6 +1479,13 @@ static void *supervisor(void *arg) {
       if (all_down) break;
     } else if (pstate == POOL_CLOSE && !work_left) {
       stop_workers(p, SIGTERM);
+      /* Nothing will be started again (no work can come): the template may
+       * leave once it has reported the workers' exits (a spawn requested
+       * before is answered first: the socket keeps order). */
+      if (!p->tpl_quit && !p->tpl_dead) {
+        tpl_send(p, TPL_QUIT, 0, 0, 0);
+        p->tpl_quit = true;
+      }
       if (all_down) break;
     }
 

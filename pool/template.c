@@ -6,7 +6,9 @@
  * Lifetime: it watches the owner through a pidfd (not PDEATHSIG, which fires
  * when the *thread* that forked it exits) and its request socket; when the
  * owner dies or closes the socket it SIGKILLs every worker's process group,
- * reaps them and exits. Workers die with it (PDEATHSIG; the template's only
+ * reaps them and exits. A closed pool whose work is done sends TPL_QUIT: the
+ * template exits once its last worker is reaped and reported, without killing
+ * any (so its exit overlaps join's return). Workers die with it (PDEATHSIG; the template's only
  * thread lives as long as the template). When any worker ends, the template
  * kills the worker's process group, so nothing the worker started outlives it.
  */
@@ -109,14 +111,16 @@ static void kill_orphans(void) {
 /* Reap every exited child: peek without reaping, kill a worker's group while
  * its pid cannot be reused, then reap and report workers. */
 static void reap(int sock, bool report) {
+  bool any = false;
   for (;;) {
     siginfo_t info;
     memset(&info, 0, sizeof info);
-    if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) return;
+    if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) break;
     pid_t pid = info.si_pid;
     kill(-pid, SIGKILL);
     int st;
-    if (waitpid(pid, &st, 0) != pid) return;
+    if (waitpid(pid, &st, 0) != pid) break;
+    any = true;
     for (int i = 0; i < nkids; i++) {
       if (kids[i] != pid) continue;
       if (report) send_rep(sock, TPL_EXITED, kid_slot[i], pid, st);
@@ -124,9 +128,10 @@ static void reap(int sock, bool report) {
       kid_slot[i] = kid_slot[nkids];
       break;
     }
-    /* A worker or an adopted orphan ended: its descendants are ours now. */
-    kill_orphans();
   }
+  /* A worker or an adopted orphan ended: its descendants are ours now. Once
+   * per batch, after the reports (reading /proc is the slow part of a reap). */
+  if (any) kill_orphans();
 }
 
 void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_cfg *cfg) {
@@ -153,11 +158,12 @@ void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_c
   int keep[] = {sock, ownerfd, sfd, cfg->evfd, cfg->shmfd};
   close_other_fds(keep, 5);
 
-  bool stopping = false;
+  bool stopping = false, quitting = false;
   const pid_t self = getpid();
   for (;;) {
     struct pollfd p[3] = {{sock, POLLIN, 0}, {sfd, POLLIN, 0}, {ownerfd, POLLIN, 0}};
     nfds_t np = ownerfd >= 0 ? 3 : 2;
+    if (quitting && nkids == 0) _exit(0); /* every exit reported */
     if (stopping) {
       if (nkids == 0) _exit(0);
       p[0].fd = -1;
@@ -175,8 +181,10 @@ void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_c
       if (n == 0) {
         stopping = true;
         kill_all();
+      } else if (n == (ssize_t)sizeof q && q.op == TPL_QUIT) {
+        quitting = true;
       } else if (n == (ssize_t)sizeof q && q.op == TPL_SPAWN) {
-        if (nkids == TPL_MAX_KIDS) {
+        if (nkids == TPL_MAX_KIDS || quitting) {
           send_rep(sock, TPL_SPAWNED, q.slot, 0, -EAGAIN);
           continue;
         }

@@ -380,6 +380,99 @@ TEST(Pool, CrashingInitializerIsBackedOffToo) {
   EXPECT_LE(downs, 5);
 }
 
+static int ok_init(void *, char *, size_t) { return 0; }
+
+// While no worker is up, a task waits in a starting worker's channel. One
+// that then crashes the worker is a lost worker, not a failed initializer
+// (which would be logged and backed off, and after init_retries in a row
+// turn the pool to EINITIALIZER), even when the worker's READY is still
+// unread when its death is seen.
+TEST(Pool, TaskCrashingAStartingWorkerIsNoInitializerFailure) {
+  static std::atomic<int> init_blamed{0}, aborted{0};
+  init_blamed = aborted = 0;
+  carom_log_level_t level = carom_log_get_level();
+  carom_log_set_handler(
+      [](carom_log_level_t, const char *m, void *) {
+        if (strstr(m, "initializer")) init_blamed++;
+      },
+      nullptr);
+  carom_log_set_level(CAROM_LOG_WARNING);
+  carom_pool_opts_t o = pool_opts(1);
+  o.initializer = ok_init;
+  o.init_retries = 3;
+  o.on_process_down = [](const carom_worker_exit_t *e, void *) {
+    if (e->how == CAROM_WORKER_SIGNALED && e->exitcode == -SIGABRT) aborted++;
+  };
+  carom_pool_t *p;
+  ASSERT_EQ(0, carom_pool_create(&o, &p));
+  const int how = 1;  // abort()
+  const int kCrashes = 30;
+  for (int k = 0; k < kCrashes; k++) {
+    carom_job_t *j;
+    ASSERT_EQ(0, carom_pool_apply_async(p, crash, &how, sizeof how, nullptr, &j)) << k;
+    timespec ts;
+    const void *d;
+    size_t n;
+    EXPECT_EQ(CAROM_EWORKERLOST, carom_job_get(j, carom_deadline(10, &ts), &d, &n)) << k;
+    carom_job_release(j);
+  }
+  void *res;
+  size_t len;
+  ASSERT_EQ(0, carom_pool_apply(p, echo, "ok", 2, &res, &len));
+  free(res);
+  carom_pool_free(p);
+  carom_log_set_handler(nullptr, nullptr);
+  carom_log_set_level(level);
+  EXPECT_EQ(0, init_blamed.load());
+  EXPECT_EQ(kCrashes, aborted.load());
+  expect_no_children();
+}
+
+int ppid_task(carom_task_ctx_t *ctx, const void *, size_t) {
+  int32_t pid = getppid();
+  return carom_task_return(ctx, &pid, sizeof pid);
+}
+
+// close + join once the work is done: the template leaves by itself after
+// reporting every worker's exit (before free), which is no "template died"
+// error; each worker is reported shut down and join returns 0.
+TEST(Pool, CloseJoinLetsTheTemplateLeaveQuietly) {
+  static std::atomic<int> complaints{0}, shutdowns{0};
+  complaints = shutdowns = 0;
+  carom_log_level_t level = carom_log_get_level();
+  carom_log_set_handler([](carom_log_level_t, const char *, void *) { complaints++; }, nullptr);
+  carom_log_set_level(CAROM_LOG_WARNING);
+  const int kCycles = 20;
+  for (int c = 0; c < kCycles; c++) {
+    carom_pool_opts_t o = pool_opts(2);
+    o.on_process_exit = [](const carom_worker_exit_t *e, void *) {
+      if (e->how == CAROM_WORKER_SHUTDOWN) shutdowns++;
+    };
+    carom_pool_t *p;
+    ASSERT_EQ(0, carom_pool_create(&o, &p));
+    void *res;
+    size_t len;
+    ASSERT_EQ(0, carom_pool_apply(p, ppid_task, nullptr, 0, &res, &len));
+    int32_t tpl;
+    memcpy(&tpl, res, sizeof tpl);
+    free(res);
+    ASSERT_NE(getpid(), tpl);
+    int pfd = (int)syscall(SYS_pidfd_open, tpl, 0);
+    ASSERT_GE(pfd, 0);
+    EXPECT_EQ(0, carom_pool_close(p));
+    EXPECT_EQ(0, carom_pool_join(p, nullptr));
+    struct pollfd pf = {pfd, POLLIN, 0};
+    EXPECT_EQ(1, poll(&pf, 1, (int)(10000 * slow_factor()))) << "template still there";
+    close(pfd);
+    carom_pool_free(p);
+  }
+  carom_log_set_handler(nullptr, nullptr);
+  carom_log_set_level(level);
+  EXPECT_EQ(0, complaints.load());
+  EXPECT_EQ(2 * kCycles, shutdowns.load());
+  expect_no_children();
+}
+
 TEST(Pool, CloseJoinTerminateSemantics) {
   carom_pool_t *p = make_pool(2);
   timespec ts;
