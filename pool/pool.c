@@ -187,6 +187,7 @@ typedef struct {
   int pidfd;
   uint64_t soft_sent, hard_sent; /* seq + 1 of the message signalled / killed */
   bool stop_sent;   /* we asked it to stop (close/terminate) */
+  uint64_t stop_msg_at; /* when MSG_STOP went (0: it did not) */
   bool have_status; /* template reported */
   int status;
   uint64_t seq;     /* messages sent */
@@ -962,6 +963,7 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   atomic_store(&s->stop_at, 0);
   for (unsigned k = 0; k < CANCEL_RING; k++) atomic_store(&s->cancel[k], 0);
   atomic_store(&s->item, 0);
+  atomic_store(&s->bye, 0);
   atomic_store(&s->pid, 0);
   s->errmsg[0] = 0;
   w->seq = w->acc = 0;
@@ -1092,6 +1094,7 @@ static void worker_gone(carom_pool_t *p, unsigned i) {
   }
   w->sending = false;
   w->stop_sent = false;
+  w->stop_msg_at = 0;
   w->soft_sent = w->hard_sent = 0;
   w->dead_since = 0;
   if (w->pidfd >= 0) {
@@ -1351,13 +1354,28 @@ static void handle_kill_requests(carom_pool_t *p) {
 
 /* Ask every live worker to stop with sig (close: SIGTERM once idle;
  * terminate: SIGKILL). The template reports each exit. */
+enum { STOP_GRACE_NS = 1000000000 };
 static void stop_workers(carom_pool_t *p, int sig) {
   for (unsigned i = 0; i < p->nslots; i++) {
     wslot_t *w = &p->slots[i];
     if (w->state == W_EMPTY || w->state == W_DEAD || w->stop_sent) continue;
     if (w->state == W_SPAWNING) continue; /* no pid yet: stopped once it has one */
-    tpl_send(p, TPL_KILL, i, w->pid, sig);
     w->stop_sent = true;
+    if (sig == SIGTERM && w->state == W_UP && !w->fifo_n && !w->sending) {
+      /* An idle worker is told through its channel, as Python's workers get
+       * None, and exits 0 of its own accord (slot_t.bye): no detour through
+       * the template. One still there STOP_GRACE_NS later is killed. */
+      msg_t h = {.kind = MSG_STOP, .seq = w->seq};
+      struct iovec iov = {&h, sizeof h};
+      size_t progress = 0;
+      chan_t *down = pool_chan(p->shm, pool_slot(p->shm, i)->down_off);
+      if (chan_write(down, &iov, 1, sizeof h, &progress)) {
+        down_notify(down);
+        w->stop_msg_at = carom_now_ns();
+        continue;
+      }
+    }
+    tpl_send(p, TPL_KILL, i, w->pid, sig);
   }
 }
 
@@ -1467,6 +1485,12 @@ static void *supervisor(void *arg) {
       uint64_t lost_ns = p->opts.lost_worker_timeout > 0
                              ? (uint64_t)(p->opts.lost_worker_timeout * 1e9) : 200000000ull;
       if (!down && w->dead_since && now - w->dead_since > lost_ns) worker_gone(p, i);
+      /* Told to stop through its channel a second ago and still there (it
+       * is stopped, or wedged outside its loop): killed, stopped or not. */
+      if (!down && w->stop_msg_at && !w->dead_since && now - w->stop_msg_at > STOP_GRACE_NS) {
+        tpl_send(p, TPL_KILL, i, w->pid, SIGKILL);
+        w->stop_msg_at = 0;
+      }
       all_down &= w->state == W_EMPTY || w->state == W_DEAD;
     }
     if (pstate == POOL_TERMINATE) {
@@ -1542,9 +1566,16 @@ static void *supervisor(void *arg) {
       } else if (tag == 2) {
         handle_tpl(p);
       } else if (tag >= 1000 && tag - 1000 < p->nslots) {
-        /* A worker exited; its status comes from the template shortly. */
-        wslot_t *w = &p->slots[tag - 1000];
-        if (w->pidfd >= 0) {
+        /* A worker exited. If it said how (slot_t.bye), that is its status;
+         * otherwise the status comes from the template shortly. */
+        unsigned i = (unsigned)(tag - 1000);
+        wslot_t *w = &p->slots[i];
+        uint32_t bye = atomic_load_explicit(&pool_slot(p->shm, i)->bye, memory_order_acquire);
+        if (w->pidfd >= 0 && bye) {
+          w->status = (int)((bye - 1) & 0xff) << 8; /* as waitpid: exited with bye - 1 */
+          w->have_status = true;
+          worker_gone(p, i);
+        } else if (w->pidfd >= 0) {
           epoll_ctl(p->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
           w->dead_since = last_poll;
         }

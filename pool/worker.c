@@ -160,6 +160,12 @@ static void send_up(chan_t *c, pool_shm_t *h, int evfd, const void *msg, size_t 
   }
 }
 
+/* Leave of our own accord, saying so first (slot_t.bye). */
+static _Noreturn void worker_exit(slot_t *slot, int code) {
+  atomic_store_explicit(&slot->bye, (uint32_t)code + 1, memory_order_release);
+  _exit(code);
+}
+
 void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
   pool_shm_t *h = cfg->shm;
   slot_t *slot = pool_slot(cfg->shm, idx);
@@ -231,6 +237,7 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
     }
     msg_t hdr;
     memcpy(&hdr, msg, sizeof hdr);
+    if ((hdr.kind & MSG_KIND_MASK) == MSG_STOP) worker_exit(slot, 0);
     carom_task_fn fn;
     if (cfg->method == POOL_METHOD_FORK) {
       fn = (carom_task_fn)(uintptr_t)hdr.fn;
@@ -324,6 +331,6 @@ void carom__pool_worker_main(unsigned idx, const struct pool_worker_cfg *cfg) {
       chan_consume(down, f);
       space_freed(down, h, cfg->evfd);
     }
-    if (o->maxtasksperchild && ++done_msgs >= o->maxtasksperchild) _exit(EX_RECYCLE);
+    if (o->maxtasksperchild && ++done_msgs >= o->maxtasksperchild) worker_exit(slot, EX_RECYCLE);
   }
 }

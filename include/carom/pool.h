@@ -83,7 +83,10 @@ typedef enum {
   CAROM_WORKER_SIGNALED,      /* killed by a signal (exitcode = -signal) */
   CAROM_WORKER_RECYCLED,      /* planned: maxtasksperchild reached */
   CAROM_WORKER_INIT_FAILED,   /* its initializer failed */
-  CAROM_WORKER_SHUTDOWN,      /* stopped by close/join/terminate */
+  CAROM_WORKER_SHUTDOWN,      /* stopped by close/join/terminate (after close, an idle
+                                 worker exits 0 when told; one still starting gets SIGTERM,
+                                 one that does not leave within 1 s SIGKILL; terminate:
+                                 SIGKILL) */
 } carom_worker_end_t;
 
 typedef struct {
