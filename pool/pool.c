@@ -855,7 +855,19 @@ static void handle_result(carom_pool_t *p, unsigned i, const char *msg, size_t l
     j->blocks = block;
   } else { /* zero-copy frame: copy out of the ring what the job keeps */
     size_t rlen = uniform ? 0 : count * sizeof(item_res_t);
-    char *keep = job_alloc(j, rlen + dlen);
+    char *keep = NULL;
+    if (j->in) {
+      /* A copied job's items [first, first + count) have ended with this
+       * result and are never sent again (only messages without a result
+       * are): their bytes, already faulted in by the copy, take the results
+       * when these fit, instead of fresh pages (~1.25 µs each here). Kept
+       * 8-aligned, as job_alloc's are. */
+      char *at = j->in + (j->in_uniform ? first * j->in_ulen : j->in_off[first]);
+      size_t room = j->in_uniform ? count * (size_t)j->in_ulen
+                                  : j->in_off[first + count] - j->in_off[first];
+      if (rlen + dlen <= room && ((uintptr_t)at & 7) == 0) keep = at;
+    }
+    if (!keep) keep = job_alloc(j, rlen + dlen);
     memcpy(keep, res, rlen);
     memcpy(keep + rlen, data, dlen);
     res = (const item_res_t *)keep;
