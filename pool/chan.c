@@ -11,6 +11,12 @@
  *   producer: write frame bytes; store-release head   (publishes the frame)
  *   consumer: load-acquire head; read frame; store-release tail (frees space)
  *   producer: load-acquire tail before reusing space  (frees are seen)
+ *
+ * Soft limit: while every frame is small, the producer writes below `lim`
+ * (CHAN_SOFT) and wraps there with a PAD frame that spans the rest of the
+ * ring, so a fresh ring carrying small messages faults in CHAN_SOFT bytes
+ * rather than all of cap (1.25 µs a page here). The first frame over a
+ * quarter of lim lifts it to cap for good. The consumer just follows PADs.
  */
 #include "pool/internal.h"
 
@@ -24,6 +30,7 @@ void chan_init(chan_t *c, uint64_t data_off, uint64_t cap) {
   atomic_init(&c->prod_wait, 0);
   atomic_init(&c->cons_wait, 0);
   c->cap = cap;
+  c->lim = cap < CHAN_SOFT ? cap : CHAN_SOFT;
   c->data_off = data_off;
 }
 
@@ -81,19 +88,22 @@ bool chan_write2(chan_t *c, const struct iovec *a, size_t na, const struct iovec
   while (*progress < total) {
     uint64_t tail = atomic_load_explicit(&c->tail, memory_order_acquire);
     uint64_t free = c->cap - (head - tail);
-    uint64_t pos = head & mask, contig = c->cap - pos;
     uint64_t chunk = total - *progress;
     if (chunk > chan_max_frame(c)) chunk = chan_max_frame(c);
     uint64_t want = sizeof(frame_t) + r8(chunk);
+    if (want > c->lim / 4) c->lim = c->cap; /* a large frame: the whole ring from now on */
+    /* Frames go below lim; a PAD runs to the ring's end (padlen bytes). */
+    uint64_t pos = head & mask, padlen = c->cap - pos;
+    uint64_t contig = pos < c->lim ? c->lim - pos : 0;
     if (want > contig || want > free) {
-      if (contig < want && free >= contig + want) {
+      if (contig < want && free >= padlen + want) {
         goto pad; /* fits whole at the start */
       }
       uint64_t room = contig < free ? contig : free;
       if (room >= sizeof(frame_t) + MIN_PARTIAL) {
         chunk = (room - sizeof(frame_t)) & ~(uint64_t)7;
         want = sizeof(frame_t) + chunk;
-      } else if (contig < free && free - contig >= sizeof(frame_t) + MIN_PARTIAL) {
+      } else if (padlen < free && free - padlen >= sizeof(frame_t) + MIN_PARTIAL) {
         goto pad;
       } else {
         return false;
@@ -111,9 +121,9 @@ bool chan_write2(chan_t *c, const struct iovec *a, size_t na, const struct iovec
     }
   pad : {
     frame_t *f = (frame_t *)(data + pos);
-    f->len = (uint32_t)(contig - sizeof(frame_t));
+    f->len = (uint32_t)(padlen - sizeof(frame_t));
     f->flags = FR_PAD;
-    head += contig;
+    head += padlen;
     atomic_store_explicit(&c->head, head, memory_order_release);
   }
   }

@@ -36,7 +36,12 @@ typedef struct {
   /* producer's line */
   _Atomic uint64_t head;      /* bytes published (release by producer) */
   _Atomic uint32_t prod_wait; /* producer sleeps (or wants a wake-up) for space */
-  char pad0[CAROM_CACHELINE - 12];
+  /* Producer only: frames are written below this offset (wrapping early with
+   * a PAD to the ring's end), CHAN_SOFT at first, the whole ring once a frame
+   * over a quarter of it is written: a ring that carries small messages
+   * touches CHAN_SOFT bytes of fresh shared memory, not cap. */
+  uint64_t lim;
+  char pad0[CAROM_CACHELINE - 24];
   /* consumer's line */
   _Atomic uint64_t tail;      /* bytes consumed (release by consumer) */
   _Atomic uint32_t cons_wait; /* consumer sleeps for data */
@@ -46,6 +51,7 @@ typedef struct {
   char pad2[CAROM_CACHELINE - 16];
 } chan_t;
 
+enum { CHAN_SOFT = 65536 };
 static inline char *chan_data(chan_t *c) { return (char *)c + c->data_off; }
 static inline uint64_t chan_max_frame(const chan_t *c) { return c->cap / 4 - sizeof(frame_t); }
 
