@@ -1933,6 +1933,7 @@ static int submit_new(carom_pool_t *p, int kind, carom_task_fn fn, const struct 
   size_t total = 0; /* the items' bytes */
   for (size_t i = 0; i < n; i++) { /* lengths travel as 32-bit fields */
     if (items[i].iov_len > UINT32_MAX - 4096) return -EMSGSIZE;
+    if (items[i].iov_len && !items[i].iov_base) return -EINVAL; /* not a crash later */
     in_uniform &= items[i].iov_len == items[0].iov_len;
     in_contig &= (uintptr_t)items[i].iov_base == b0 + i * items[0].iov_len;
     total += items[i].iov_len;

@@ -692,6 +692,21 @@ TEST(Pool, BadArguments) {
   EXPECT_EQ(-EINVAL, carom_pool_create(&o, &p));
   carom_pool_free(nullptr);
   carom_job_release(nullptr);
+  // An item with bytes but no address is refused by every submission form
+  // (it used to reach the copy and crash the caller or the supervisor).
+  p = make_pool(1);
+  Int64Items items(100);
+  items.iov[57].iov_base = nullptr;
+  carom_job_t *j = nullptr;
+  EXPECT_EQ(-EINVAL, carom_pool_map(p, echo, items.iov.data(), items.size(), 0, &j));
+  EXPECT_EQ(-EINVAL, carom_pool_map_async(p, echo, items.iov.data(), items.size(), 0, nullptr, &j));
+  EXPECT_EQ(-EINVAL, carom_pool_imap(p, echo, items.iov.data(), items.size(), 0, false, &j));
+  EXPECT_EQ(-EINVAL, carom_pool_apply_async(p, echo, nullptr, 8, nullptr, &j));
+  EXPECT_EQ(nullptr, j);
+  items.iov[57].iov_len = 0;  // no bytes: no address needed
+  ASSERT_EQ(0, carom_pool_map(p, echo, items.iov.data(), items.size(), 0, &j));
+  carom_job_release(j);
+  carom_pool_free(p);
 }
 
 // P17: an imap whose worker dies at item 50 yields 99 results and one
