@@ -37,6 +37,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -1635,6 +1636,10 @@ static void *supervisor(void *arg) {
 #define CLAIM_SHARING ((const void *)2)
 static _Thread_local char claim_token; /* its address names the thread */
 static int count_threads(void) {
+  /* procfs gives the task directory 2 + threads links: one stat (~2 µs
+   * here) instead of listing it (~19 µs, in every pool creation). */
+  struct stat st;
+  if (stat("/proc/self/task", &st) == 0 && st.st_nlink > 2) return (int)st.st_nlink - 2;
   DIR *d = opendir("/proc/self/task");
   if (!d) return 1;
   int n = 0;

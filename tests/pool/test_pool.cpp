@@ -508,6 +508,35 @@ TEST(Pool, CloseJoinKillsAWorkerThatCannotStop) {
   expect_no_children();
 }
 
+// A pool created while the process runs other threads says so, with their
+// number (the template is still forked before any pool thread starts).
+TEST(Pool, CreatorWithThreadsIsWarnedWithTheirCount) {
+  static std::string said;
+  said.clear();
+  carom_log_level_t level = carom_log_get_level();
+  carom_log_set_handler(
+      [](carom_log_level_t, const char *m, void *) {
+        if (strstr(m, "threads")) said = m;
+      },
+      nullptr);
+  carom_log_set_level(CAROM_LOG_WARNING);
+  // Threads this test owns, parked until the pool exists; others (a
+  // sanitizer's) may run too: the count must be at least ours + main.
+  std::atomic<bool> go{false};
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 3; i++) ts.emplace_back([&] { while (!go.load()) sched_yield(); });
+  carom_pool_t *p = make_pool(1);
+  go = true;
+  for (auto &t : ts) t.join();
+  carom_pool_free(p);
+  carom_log_set_handler(nullptr, nullptr);
+  carom_log_set_level(level);
+  int n = 0;
+  ASSERT_EQ(1, sscanf(said.c_str(), "pool: created from a process with %d threads", &n)) << said;
+  EXPECT_GE(n, 4);
+  EXPECT_LE(n, 8);
+}
+
 TEST(Pool, CloseJoinTerminateSemantics) {
   carom_pool_t *p = make_pool(2);
   timespec ts;
