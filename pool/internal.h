@@ -144,20 +144,27 @@ typedef struct {
    * its own, so that per-item stores do not pull the line the supervisor
    * polls (`started`) back and forth between cores. */
   _Alignas(CAROM_CACHELINE) _Atomic uint32_t item;
-  /* The worker's last word: exit code + 1, stored (release) right before it
-   * calls _exit with that code of its own accord (MSG_STOP, recycling). Once
-   * its pidfd says it is gone, the supervisor accounts for it with that
-   * status instead of waiting for the template's report (one wake-up less
-   * on close/join and recycling). Only a kill landing between the store and
-   * the exit makes the real status differ, with no task running then. */
-  _Atomic uint32_t bye;
-  char pad_item[CAROM_CACHELINE - 8];
+  /* The worker's last words, stored (release) right before it calls _exit
+   * of its own accord (MSG_STOP, recycling): its pid << 32 | BYE_NO_KIDS if
+   * it has no child left | (exit code + 1). Keyed by pid, so a replacement
+   * in the slot never passes for it and nobody resets it. Once the pidfd
+   * says the worker is gone, the supervisor takes that exit code as its
+   * status instead of waiting for the template's report (one wake-up less on
+   * close/join and recycling); only a kill landing between the store and the
+   * exit would make the real status differ, with no task running then. The
+   * template skips its search for orphans (a /proc read) after reaping a
+   * worker that said BYE_NO_KIDS: as a subreaper with no child, nothing of
+   * its tasks was left to re-parent. */
+  _Atomic uint64_t last_words;
+  char pad_item[CAROM_CACHELINE - 16];
 } slot_t;
 
 typedef struct {
   _Atomic uint32_t sup_sleep; /* the supervisor sleeps in epoll: write evfd */
   char pad1[CAROM_CACHELINE - 4];
 } pool_shm_t;
+
+enum { BYE_CODE = 0xffff, BYE_NO_KIDS = 1u << 16 };
 
 /* Worker exit codes with a meaning. */
 enum { EX_RECYCLE = 0x9B, EX_INITFAIL = 0x9C, EX_SETUP = 0x9D, EX_STOPPED = 0x9E };

@@ -976,7 +976,6 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   atomic_store(&s->stop_at, 0);
   for (unsigned k = 0; k < CANCEL_RING; k++) atomic_store(&s->cancel[k], 0);
   atomic_store(&s->item, 0);
-  atomic_store(&s->bye, 0);
   atomic_store(&s->pid, 0);
   s->errmsg[0] = 0;
   w->seq = w->acc = 0;
@@ -1376,7 +1375,7 @@ static void stop_workers(carom_pool_t *p, int sig) {
     w->stop_sent = true;
     if (sig == SIGTERM && w->state == W_UP && !w->fifo_n && !w->sending) {
       /* An idle worker is told through its channel, as Python's workers get
-       * None, and exits 0 of its own accord (slot_t.bye): no detour through
+       * None, and exits 0 of its own accord (slot_t.last_words): no detour through
        * the template. One still there STOP_GRACE_NS later is killed. */
       msg_t h = {.kind = MSG_STOP, .seq = w->seq};
       struct iovec iov = {&h, sizeof h};
@@ -1579,13 +1578,15 @@ static void *supervisor(void *arg) {
       } else if (tag == 2) {
         handle_tpl(p);
       } else if (tag >= 1000 && tag - 1000 < p->nslots) {
-        /* A worker exited. If it said how (slot_t.bye), that is its status;
-         * otherwise the status comes from the template shortly. */
+        /* A worker exited. If it said how (slot_t.last_words), that is its
+         * status; otherwise the status comes from the template shortly. */
         unsigned i = (unsigned)(tag - 1000);
         wslot_t *w = &p->slots[i];
-        uint32_t bye = atomic_load_explicit(&pool_slot(p->shm, i)->bye, memory_order_acquire);
-        if (w->pidfd >= 0 && bye) {
-          w->status = (int)((bye - 1) & 0xff) << 8; /* as waitpid: exited with bye - 1 */
+        uint64_t bye =
+            atomic_load_explicit(&pool_slot(p->shm, i)->last_words, memory_order_acquire);
+        if (w->pidfd >= 0 && w->pid > 0 && bye >> 32 == (uint32_t)w->pid) {
+          /* as waitpid's status: exited with the code it said */
+          w->status = (int)(((bye & BYE_CODE) - 1) & 0xff) << 8;
           w->have_status = true;
           worker_gone(p, i);
         } else if (w->pidfd >= 0) {

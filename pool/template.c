@@ -110,8 +110,8 @@ static void kill_orphans(void) {
 
 /* Reap every exited child: peek without reaping, kill a worker's group while
  * its pid cannot be reused, then reap and report workers. */
-static void reap(int sock, bool report) {
-  bool any = false;
+static void reap(int sock, bool report, void *shm) {
+  bool any = false; /* a child that may have left descendants to us */
   for (;;) {
     siginfo_t info;
     memset(&info, 0, sizeof info);
@@ -120,14 +120,20 @@ static void reap(int sock, bool report) {
     kill(-pid, SIGKILL);
     int st;
     if (waitpid(pid, &st, 0) != pid) break;
-    any = true;
+    bool worker = false;
     for (int i = 0; i < nkids; i++) {
       if (kids[i] != pid) continue;
+      worker = true;
+      /* It left on its own with no child: nothing of it re-parented to us. */
+      uint64_t w = atomic_load_explicit(&pool_slot(shm, kid_slot[i])->last_words,
+                                        memory_order_acquire);
+      any |= !(w >> 32 == (uint32_t)pid && (w & BYE_NO_KIDS));
       if (report) send_rep(sock, TPL_EXITED, kid_slot[i], pid, st);
       kids[i] = kids[--nkids];
       kid_slot[i] = kid_slot[nkids];
       break;
     }
+    any |= !worker; /* an adopted orphan: its own descendants are ours now */
   }
   /* A worker or an adopted orphan ended: its descendants are ours now. Once
    * per batch, after the reports (reading /proc is the slow part of a reap). */
@@ -220,6 +226,6 @@ void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_c
     struct signalfd_siginfo si;
     while (read(sfd, &si, sizeof si) > 0) {
     }
-    reap(sock, !stopping);
+    reap(sock, !stopping, cfg->shm);
   }
 }

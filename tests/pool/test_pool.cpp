@@ -537,6 +537,52 @@ TEST(Pool, CreatorWithThreadsIsWarnedWithTheirCount) {
   EXPECT_LE(n, 8);
 }
 
+// A task leaves a grandchild in a session of its own (out of reach of the
+// worker's process group) and returns; the worker recycles
+// (maxtasksperchild 1), i.e. leaves of its own accord with a child: the
+// template still finds the orphan and kills it. The same for a worker told
+// to stop by close.
+int32_t *g_orphan = static_cast<int32_t *>(shared_alloc(4096));
+int leaves_orphan(carom_task_ctx_t *ctx, const void *, size_t) {
+  pid_t c = fork();
+  if (c == 0) {
+    if (fork() == 0) {
+      setsid();
+      __atomic_store_n(g_orphan, getpid(), __ATOMIC_SEQ_CST);
+      for (;;) pause();
+    }
+    _exit(0);
+  }
+  waitpid(c, nullptr, 0);
+  while (!__atomic_load_n(g_orphan, __ATOMIC_SEQ_CST)) sched_yield();
+  return carom_task_return(ctx, "ok", 2);
+}
+
+TEST(Pool, OrphansOfAWorkerLeavingOnItsOwnAreKilled) {
+  for (unsigned maxtasks : {1u, 0u}) {
+    __atomic_store_n(g_orphan, 0, __ATOMIC_SEQ_CST);
+    carom_pool_t *p = make_pool(1, maxtasks);
+    void *res;
+    size_t len;
+    ASSERT_EQ(0, carom_pool_apply(p, leaves_orphan, nullptr, 0, &res, &len));
+    free(res);
+    pid_t orphan = __atomic_load_n(g_orphan, __ATOMIC_SEQ_CST);
+    ASSERT_GT(orphan, 0);
+    if (!maxtasks) {  // no recycling: close stops the worker
+      EXPECT_EQ(0, carom_pool_close(p));
+      EXPECT_EQ(0, carom_pool_join(p, nullptr));
+    }
+    int fd = (int)syscall(SYS_pidfd_open, orphan, 0);
+    if (fd >= 0) {
+      struct pollfd pf = {fd, POLLIN, 0};
+      EXPECT_EQ(1, poll(&pf, 1, (int)(5000 * slow_factor()))) << "orphan " << orphan << " alive";
+      close(fd);
+    }
+    carom_pool_free(p);
+  }
+  expect_no_children();
+}
+
 TEST(Pool, CloseJoinTerminateSemantics) {
   carom_pool_t *p = make_pool(2);
   timespec ts;
