@@ -8,6 +8,8 @@
 
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "carom/pool.h"
@@ -107,6 +109,54 @@ inline carom_pool_t *make_method_pool(const char *method, int processes, unsigne
   o.start_method = method;
   return create_pool(o);
 }
+
+// carom_pool_apply of fn(arg) whose result is one T: that value (a failed
+// expectation, and T{}, when the call fails or the result has another size).
+template <typename T>
+T apply_value(carom_pool_t *p, carom_task_fn fn, const void *arg = nullptr, size_t len = 0) {
+  void *res = nullptr;
+  size_t n = 0;
+  T v{};
+  int rc = carom_pool_apply(p, fn, arg, len, &res, &n);
+  EXPECT_EQ(0, rc) << carom_strerror(rc);
+  EXPECT_EQ(sizeof v, n);
+  if (rc == 0 && n == sizeof v) memcpy(&v, res, sizeof v);
+  free(res);
+  return v;
+}
+
+// Carom's log messages at `level` and above while alive (then the default
+// sink and the previous level again). The sink may run on pool threads.
+class LogCapture {
+ public:
+  explicit LogCapture(carom_log_level_t level = CAROM_LOG_WARNING) : old_(carom_log_get_level()) {
+    carom_log_set_handler(&LogCapture::sink, this);
+    carom_log_set_level(level);
+  }
+  ~LogCapture() {
+    carom_log_set_handler(nullptr, nullptr);
+    carom_log_set_level(old_);
+  }
+  // Messages at `min` or above that contain `needle` (all when null).
+  std::vector<std::string> find(carom_log_level_t min, const char *needle = nullptr) {
+    std::lock_guard<std::mutex> g(mu_);
+    std::vector<std::string> out;
+    for (auto &m : msgs_)
+      if (m.first >= min && (!needle || m.second.find(needle) != std::string::npos))
+        out.push_back(m.second);
+    return out;
+  }
+
+ private:
+  static void sink(carom_log_level_t lv, const char *m, void *arg) {
+    auto *c = static_cast<LogCapture *>(arg);
+    std::lock_guard<std::mutex> g(c->mu_);
+    c->msgs_.emplace_back(lv, m);
+  }
+  std::mutex mu_;
+  std::vector<std::pair<carom_log_level_t, std::string>> msgs_;
+  carom_log_level_t old_;
+};
 
 // No child of ours may be left (zombie or alive) once pools are freed.
 inline void expect_no_children() {

@@ -388,15 +388,9 @@ static int ok_init(void *, char *, size_t) { return 0; }
 // turn the pool to EINITIALIZER), even when the worker's READY is still
 // unread when its death is seen.
 TEST(Pool, TaskCrashingAStartingWorkerIsNoInitializerFailure) {
-  static std::atomic<int> init_blamed{0}, aborted{0};
-  init_blamed = aborted = 0;
-  carom_log_level_t level = carom_log_get_level();
-  carom_log_set_handler(
-      [](carom_log_level_t, const char *m, void *) {
-        if (strstr(m, "initializer")) init_blamed++;
-      },
-      nullptr);
-  carom_log_set_level(CAROM_LOG_WARNING);
+  static std::atomic<int> aborted{0};
+  aborted = 0;
+  LogCapture log;
   carom_pool_opts_t o = pool_opts(1);
   o.initializer = ok_init;
   o.init_retries = 3;
@@ -407,6 +401,7 @@ TEST(Pool, TaskCrashingAStartingWorkerIsNoInitializerFailure) {
   ASSERT_EQ(0, carom_pool_create(&o, &p));
   const int how = 1;  // abort()
   const int kCrashes = 30;
+  const int64_t seven = 7;
   for (int k = 0; k < kCrashes; k++) {
     carom_job_t *j;
     ASSERT_EQ(0, carom_pool_apply_async(p, crash, &how, sizeof how, nullptr, &j)) << k;
@@ -416,14 +411,9 @@ TEST(Pool, TaskCrashingAStartingWorkerIsNoInitializerFailure) {
     EXPECT_EQ(CAROM_EWORKERLOST, carom_job_get(j, carom_deadline(10, &ts), &d, &n)) << k;
     carom_job_release(j);
   }
-  void *res;
-  size_t len;
-  ASSERT_EQ(0, carom_pool_apply(p, echo, "ok", 2, &res, &len));
-  free(res);
+  EXPECT_EQ(49, apply_value<int64_t>(p, square, &seven, sizeof seven));  // it serves on
   carom_pool_free(p);
-  carom_log_set_handler(nullptr, nullptr);
-  carom_log_set_level(level);
-  EXPECT_EQ(0, init_blamed.load());
+  EXPECT_EQ(0u, log.find(CAROM_LOG_WARNING, "initializer").size());
   EXPECT_EQ(kCrashes, aborted.load());
   expect_no_children();
 }
@@ -438,15 +428,9 @@ int ppid_task(carom_task_ctx_t *ctx, const void *, size_t) {
 // the template leaves by itself after reporting them (before free), which is
 // no "template died" error; join returns 0.
 TEST(Pool, CloseJoinLetsTheTemplateLeaveQuietly) {
-  static std::atomic<int> complaints{0}, shutdowns{0}, ups{0};
-  complaints = shutdowns = 0;
-  carom_log_level_t level = carom_log_get_level();
-  // Errors only: a warning that the creator runs threads is expected under
-  // the sanitizers (their own threads).
-  carom_log_set_handler(
-      [](carom_log_level_t lv, const char *, void *) { complaints += lv >= CAROM_LOG_ERROR; },
-      nullptr);
-  carom_log_set_level(CAROM_LOG_WARNING);
+  static std::atomic<int> shutdowns{0}, ups{0};
+  shutdowns = 0;
+  LogCapture log;
   const int kCycles = 20;
   for (int c = 0; c < kCycles; c++) {
     carom_pool_opts_t o = pool_opts(2);
@@ -458,12 +442,7 @@ TEST(Pool, CloseJoinLetsTheTemplateLeaveQuietly) {
     carom_pool_t *p;
     ASSERT_EQ(0, carom_pool_create(&o, &p));
     ASSERT_TRUE(wait_until([] { return ups.load() == 2; }));  // both idle when closed
-    void *res;
-    size_t len;
-    ASSERT_EQ(0, carom_pool_apply(p, ppid_task, nullptr, 0, &res, &len));
-    int32_t tpl;
-    memcpy(&tpl, res, sizeof tpl);
-    free(res);
+    int32_t tpl = apply_value<int32_t>(p, ppid_task);
     ASSERT_NE(getpid(), tpl);
     int pfd = (int)syscall(SYS_pidfd_open, tpl, 0);
     ASSERT_GE(pfd, 0);
@@ -474,9 +453,9 @@ TEST(Pool, CloseJoinLetsTheTemplateLeaveQuietly) {
     close(pfd);
     carom_pool_free(p);
   }
-  carom_log_set_handler(nullptr, nullptr);
-  carom_log_set_level(level);
-  EXPECT_EQ(0, complaints.load());
+  // Errors only: a warning that the creator runs threads is expected under
+  // the sanitizers (their own threads).
+  EXPECT_EQ(0u, log.find(CAROM_LOG_ERROR).size());
   EXPECT_EQ(2 * kCycles, shutdowns.load());
   expect_no_children();
 }
@@ -490,12 +469,7 @@ TEST(Pool, CloseJoinKillsAWorkerThatCannotStop) {
   o.on_process_exit = [](const carom_worker_exit_t *e, void *) { exits.push_back(*e); };
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
-  void *res;
-  size_t len;
-  ASSERT_EQ(0, carom_pool_apply(p, getpid_task, nullptr, 0, &res, &len));
-  int32_t pid;
-  memcpy(&pid, res, sizeof pid);
-  free(res);
+  int32_t pid = apply_value<int32_t>(p, getpid_task);
   ASSERT_EQ(0, kill(pid, SIGSTOP));
   EXPECT_EQ(0, carom_pool_close(p));
   timespec ts;
@@ -511,15 +485,7 @@ TEST(Pool, CloseJoinKillsAWorkerThatCannotStop) {
 // A pool created while the process runs other threads says so, with their
 // number (the template is still forked before any pool thread starts).
 TEST(Pool, CreatorWithThreadsIsWarnedWithTheirCount) {
-  static std::string said;
-  said.clear();
-  carom_log_level_t level = carom_log_get_level();
-  carom_log_set_handler(
-      [](carom_log_level_t, const char *m, void *) {
-        if (strstr(m, "threads")) said = m;
-      },
-      nullptr);
-  carom_log_set_level(CAROM_LOG_WARNING);
+  LogCapture log;
   // Threads this test owns, parked until the pool exists; others (a
   // sanitizer's) may run too: the count must be at least ours + main.
   std::atomic<bool> go{false};
@@ -529,10 +495,11 @@ TEST(Pool, CreatorWithThreadsIsWarnedWithTheirCount) {
   go = true;
   for (auto &t : ts) t.join();
   carom_pool_free(p);
-  carom_log_set_handler(nullptr, nullptr);
-  carom_log_set_level(level);
+  auto said = log.find(CAROM_LOG_WARNING, "threads");
+  ASSERT_EQ(1u, said.size());
   int n = 0;
-  ASSERT_EQ(1, sscanf(said.c_str(), "pool: created from a process with %d threads", &n)) << said;
+  ASSERT_EQ(1, sscanf(said[0].c_str(), "pool: created from a process with %d threads", &n))
+      << said[0];
   EXPECT_GE(n, 4);
   EXPECT_LE(n, 8);
 }
@@ -947,11 +914,7 @@ TEST(Pool, WorkersIgnoreSigint) {
   ASSERT_EQ(1, carom_pool_workers(p, &w, 1));
   EXPECT_NE(getpgid(0), getpgid(w));  // own process group
   ASSERT_EQ(0, kill(w, SIGINT));
-  ASSERT_EQ(0, carom_pool_apply(p, getpid_task, nullptr, 0, &res, &len));
-  int32_t pid;
-  memcpy(&pid, res, sizeof pid);
-  free(res);
-  EXPECT_EQ(w, pid);  // same worker: it survived
+  EXPECT_EQ(w, apply_value<int32_t>(p, getpid_task));  // same worker: it survived
   carom_pool_free(p);
 }
 

@@ -106,13 +106,7 @@ TEST_P(PoolMethod, CreatorStateIsInheritedOnlyUnderFork) {
   g_parent_state = 42;
   carom_pool_t *p = make_method_pool(GetParam(), 1);
   ASSERT_NE(nullptr, p);
-  void *res;
-  size_t len;
-  ASSERT_EQ(0, carom_pool_apply(p, state_task, nullptr, 0, &res, &len));
-  int32_t v;
-  memcpy(&v, res, sizeof v);
-  free(res);
-  EXPECT_EQ(strcmp(GetParam(), "fork") == 0 ? 42 : 0, v);
+  EXPECT_EQ(strcmp(GetParam(), "fork") == 0 ? 42 : 0, apply_value<int32_t>(p, state_task));
   g_parent_state = 0;
   carom_pool_free(p);
 }
@@ -154,13 +148,7 @@ TEST_P(PoolMethod, KilledWorkerIsLostAndReplaced) {
   EXPECT_EQ(CAROM_EWORKERLOST, carom_job_wait(j, carom_deadline(10, &ts)));
   carom_job_release(j);
   int64_t x = 21;
-  void *res;
-  size_t len;
-  ASSERT_EQ(0, carom_pool_apply(p, twice_task, &x, sizeof x, &res, &len));
-  int64_t v;
-  memcpy(&v, res, sizeof v);
-  free(res);
-  EXPECT_EQ(42, v);
+  EXPECT_EQ(42, apply_value<int64_t>(p, twice_task, &x, sizeof x));
   carom_pool_free(p);
 }
 
