@@ -112,7 +112,9 @@ typedef struct {
                                    at most 31 (tasks under 20 µs get up to 32 queued anyway) */
   size_t channel_bytes;         /* shared-memory channel size per direction per worker; default
                                    256 KiB (a power of two, 16 KiB to 4 GiB); messages over a
-                                   quarter of it are streamed in pieces */
+                                   quarter of it are streamed in pieces. A channel uses (and
+                                   faults in) only its first 64 KiB until a message over 16 KiB
+                                   passes through it */
   bool catch_sigint;            /* false (default): workers ignore SIGINT */
   /* Time limits for every task, in seconds, counted from the moment a worker
    * starts the task (0 = none). Per-task values in carom_submit_opts_t win.
