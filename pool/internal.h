@@ -147,7 +147,8 @@ typedef struct {
   /* The worker's last words, stored (release) right before it calls _exit
    * of its own accord (MSG_STOP, recycling): its pid << 32 | BYE_NO_KIDS if
    * it has no child left | (exit code + 1). Keyed by pid, so a replacement
-   * in the slot never passes for it and nobody resets it. Once the pidfd
+   * in the slot never passes for it (and cleared when one is forked into the
+   * slot, in case the pid comes round again). Once the pidfd
    * says the worker is gone, the supervisor takes that exit code as its
    * status instead of waiting for the template's report (one wake-up less on
    * close/join and recycling); only a kill landing between the store and the

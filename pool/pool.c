@@ -976,6 +976,10 @@ static int spawn_worker(carom_pool_t *p, unsigned i) {
   atomic_store(&s->stop_at, 0);
   for (unsigned k = 0; k < CANCEL_RING; k++) atomic_store(&s->cancel[k], 0);
   atomic_store(&s->item, 0);
+  /* A later worker may get the same pid back (pid_max wraps): stale last
+   * words must not pass for its own (cleared, the template only searches
+   * for orphans it could have skipped). */
+  atomic_store(&s->last_words, 0);
   atomic_store(&s->pid, 0);
   s->errmsg[0] = 0;
   w->seq = w->acc = 0;
@@ -1165,7 +1169,9 @@ static void handle_tpl(carom_pool_t *p) {
         p->tpl_dead = true;
         for (unsigned i = 0; i < p->nslots; i++) {
           wslot_t *w = &p->slots[i];
-          if (w->state != W_EMPTY && w->state != W_DEAD) {
+          if (w->state == W_SPAWNING) { /* no worker we know of: none to report */
+            w->state = W_DEAD;
+          } else if (w->state != W_EMPTY && w->state != W_DEAD) {
             w->have_status = false;
             worker_gone(p, i);
           }
@@ -1439,7 +1445,7 @@ static void *supervisor(void *arg) {
     }
     /* Running pools take no lock here: the loop spins while work flows. */
     int pstate = atomic_load_explicit(&p->state, memory_order_acquire);
-    bool cancel_queued = false;
+    bool cancel_queued = false, submitted = false;
     uint64_t grace = UINT64_MAX;
     if (pstate != POOL_RUN) {
       pthread_mutex_lock(&p->mu);
@@ -1448,6 +1454,9 @@ static void *supervisor(void *arg) {
       pstate = p->state;
       cancel_queued = p->shutting_down && p->shutdown_cancel;
       grace = p->shutting_down ? p->grace_ns : UINT64_MAX;
+      /* Submitted before the close but not taken in yet (intake runs at the
+       * top of the loop): work still to come. None can be added now. */
+      submitted = p->sub_head != NULL;
       pthread_mutex_unlock(&p->mu);
     }
     if (cancel_queued) {
@@ -1463,7 +1472,7 @@ static void *supervisor(void *arg) {
      * worker that has been given its last task (maxtasksperchild) no longer
      * counts: its replacement is forked into a spare position while it
      * finishes, so recycling overlaps with work instead of stalling it. */
-    bool work_left = p->pend_head || p->live_jobs;
+    bool work_left = p->pend_head || p->live_jobs || submitted;
     bool all_down = true;
     unsigned live = 0;
     for (unsigned i = 0; i < p->nslots; i++) {

@@ -140,6 +140,27 @@ static void reap(int sock, bool report, void *shm) {
   if (any) kill_orphans();
 }
 
+/* Exit once no child is left: every one is SIGKILLed, and an orphan dying
+ * now re-parents its own children to us (we are a subreaper), which are
+ * killed in turn, so nothing a task started reaches init. Bounded (2 s): a
+ * process can hold off a SIGKILL only while stuck in the kernel. */
+static _Noreturn void leave(int sfd) {
+  uint64_t until = carom_now_ns() + 2000000000ull;
+  for (;;) {
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
+    if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD) break; /* none left */
+    kill_orphans(); /* no worker is left: every child is one */
+    if (carom_now_ns() > until) break;
+    struct pollfd p = {sfd, POLLIN, 0};
+    poll(&p, 1, 10);
+    struct signalfd_siginfo si;
+    while (read(sfd, &si, sizeof si) > 0) {
+    }
+  }
+  _exit(0);
+}
+
 void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_cfg *cfg) {
   prctl(PR_SET_NAME, "carom-template");
   prctl(PR_SET_CHILD_SUBREAPER, 1);
@@ -169,9 +190,9 @@ void carom__pool_template_main(int sock, pid_t owner, const struct pool_worker_c
   for (;;) {
     struct pollfd p[3] = {{sock, POLLIN, 0}, {sfd, POLLIN, 0}, {ownerfd, POLLIN, 0}};
     nfds_t np = ownerfd >= 0 ? 3 : 2;
-    if (quitting && nkids == 0) _exit(0); /* every exit reported */
+    if (quitting && nkids == 0) leave(sfd); /* every exit reported */
     if (stopping) {
-      if (nkids == 0) _exit(0);
+      if (nkids == 0) leave(sfd);
       p[0].fd = -1;
       p[2].fd = -1;
     }

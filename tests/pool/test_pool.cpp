@@ -460,6 +460,42 @@ TEST(Pool, CloseJoinLetsTheTemplateLeaveQuietly) {
   expect_no_children();
 }
 
+// Work submitted right before close (here by a callback on the supervisor
+// thread, which then closes the pool, before the loop takes the submission
+// in) still runs, and join returns: the workers are not told to stop and the
+// template not to leave while a submission waits (join hung for good).
+TEST(Pool, WorkSubmittedJustBeforeCloseStillRuns) {
+  static carom_job_t *late;
+  for (int round = 0; round < 20; round++) {
+    late = nullptr;
+    carom_pool_t *p = make_pool(1);
+    carom_submit_opts_t so = {};
+    so.size = sizeof so;
+    so.arg = p;
+    so.callback = [](carom_job_t *, void *arg) {
+      auto *pool = static_cast<carom_pool_t *>(arg);
+      int64_t x = 6;
+      if (carom_pool_apply_async(pool, square, &x, sizeof x, nullptr, &late) != 0) late = nullptr;
+      carom_pool_close(pool);
+    };
+    int64_t x = 5;
+    carom_job_t *j;
+    ASSERT_EQ(0, carom_pool_apply_async(p, square, &x, sizeof x, &so, &j));
+    timespec ts;
+    ASSERT_EQ(0, carom_job_wait(j, carom_deadline(10, &ts)));
+    carom_job_release(j);
+    EXPECT_EQ(0, carom_pool_join(p, carom_deadline(10, &ts))) << "round " << round;
+    ASSERT_NE(nullptr, late);
+    const void *d;
+    size_t n;
+    ASSERT_EQ(0, carom_job_get(late, carom_deadline(1, &ts), &d, &n));
+    EXPECT_EQ(36, i64(d));
+    carom_job_release(late);
+    carom_pool_free(p);
+  }
+  expect_no_children();
+}
+
 // A worker that cannot act on the stop message (SIGSTOPped while idle) is
 // killed a second later: join still returns, and says how the worker ended.
 TEST(Pool, CloseJoinKillsAWorkerThatCannotStop) {
@@ -504,46 +540,57 @@ TEST(Pool, CreatorWithThreadsIsWarnedWithTheirCount) {
   EXPECT_LE(n, 8);
 }
 
-// A task leaves a grandchild in a session of its own (out of reach of the
-// worker's process group) and returns; the worker recycles
-// (maxtasksperchild 1), i.e. leaves of its own accord with a child: the
-// template still finds the orphan and kills it. The same for a worker told
-// to stop by close.
-int32_t *g_orphan = static_cast<int32_t *>(shared_alloc(4096));
+// A task leaves an orphan B in a session of its own (out of reach of the
+// worker's process group), B with a child C, and returns; the worker
+// recycles (maxtasksperchild 1), i.e. leaves of its own accord with a child:
+// the template still finds B and kills it, and C, re-parented to the
+// template as B dies, too (C outlived the pool before). The same for a
+// worker told to stop by close.
+int32_t *g_orphan = static_cast<int32_t *>(shared_alloc(4096));  // [0] B, [1] C
 int leaves_orphan(carom_task_ctx_t *ctx, const void *, size_t) {
-  pid_t c = fork();
-  if (c == 0) {
-    if (fork() == 0) {
-      setsid();
-      __atomic_store_n(g_orphan, getpid(), __ATOMIC_SEQ_CST);
+  pid_t a = fork();
+  if (a == 0) {
+    setsid();
+    if (fork() == 0) {    // B
+      if (fork() == 0) {  // C
+        __atomic_store_n(&g_orphan[1], getpid(), __ATOMIC_SEQ_CST);
+        for (;;) pause();
+      }
+      __atomic_store_n(&g_orphan[0], getpid(), __ATOMIC_SEQ_CST);
       for (;;) pause();
     }
     _exit(0);
   }
-  waitpid(c, nullptr, 0);
-  while (!__atomic_load_n(g_orphan, __ATOMIC_SEQ_CST)) sched_yield();
+  waitpid(a, nullptr, 0);
+  while (!__atomic_load_n(&g_orphan[0], __ATOMIC_SEQ_CST) ||
+         !__atomic_load_n(&g_orphan[1], __ATOMIC_SEQ_CST))
+    sched_yield();
   return carom_task_return(ctx, "ok", 2);
 }
 
 TEST(Pool, OrphansOfAWorkerLeavingOnItsOwnAreKilled) {
   for (unsigned maxtasks : {1u, 0u}) {
-    __atomic_store_n(g_orphan, 0, __ATOMIC_SEQ_CST);
+    g_orphan[0] = g_orphan[1] = 0;
     carom_pool_t *p = make_pool(1, maxtasks);
     void *res;
     size_t len;
     ASSERT_EQ(0, carom_pool_apply(p, leaves_orphan, nullptr, 0, &res, &len));
     free(res);
-    pid_t orphan = __atomic_load_n(g_orphan, __ATOMIC_SEQ_CST);
-    ASSERT_GT(orphan, 0);
+    pid_t orphans[2] = {__atomic_load_n(&g_orphan[0], __ATOMIC_SEQ_CST),
+                        __atomic_load_n(&g_orphan[1], __ATOMIC_SEQ_CST)};
+    ASSERT_GT(orphans[0], 0);
+    ASSERT_GT(orphans[1], 0);
     if (!maxtasks) {  // no recycling: close stops the worker
       EXPECT_EQ(0, carom_pool_close(p));
       EXPECT_EQ(0, carom_pool_join(p, nullptr));
     }
-    int fd = (int)syscall(SYS_pidfd_open, orphan, 0);
-    if (fd >= 0) {
+    for (pid_t o : orphans) {
+      int fd = (int)syscall(SYS_pidfd_open, o, 0);
+      if (fd < 0) continue;  // gone already
       struct pollfd pf = {fd, POLLIN, 0};
-      EXPECT_EQ(1, poll(&pf, 1, (int)(5000 * slow_factor()))) << "orphan " << orphan << " alive";
+      EXPECT_EQ(1, poll(&pf, 1, (int)(5000 * slow_factor()))) << "orphan " << o << " alive";
       close(fd);
+      if (kill(o, 0) == 0) kill(o, SIGKILL);  // never leave one behind
     }
     carom_pool_free(p);
   }
