@@ -466,8 +466,10 @@ TEST(Pool, CloseJoinLetsTheTemplateLeaveQuietly) {
 // template not to leave while a submission waits (join hung for good).
 TEST(Pool, WorkSubmittedJustBeforeCloseStillRuns) {
   static carom_job_t *late;
+  static std::atomic<bool> closed;
   for (int round = 0; round < 20; round++) {
     late = nullptr;
+    closed = false;
     carom_pool_t *p = make_pool(1);
     carom_submit_opts_t so = {};
     so.size = sizeof so;
@@ -477,6 +479,7 @@ TEST(Pool, WorkSubmittedJustBeforeCloseStillRuns) {
       int64_t x = 6;
       if (carom_pool_apply_async(pool, square, &x, sizeof x, nullptr, &late) != 0) late = nullptr;
       carom_pool_close(pool);
+      closed = true;
     };
     int64_t x = 5;
     carom_job_t *j;
@@ -484,6 +487,7 @@ TEST(Pool, WorkSubmittedJustBeforeCloseStillRuns) {
     timespec ts;
     ASSERT_EQ(0, carom_job_wait(j, carom_deadline(10, &ts)));
     carom_job_release(j);
+    ASSERT_TRUE(wait_until([] { return closed.load(); }));  // waiters may wake first
     EXPECT_EQ(0, carom_pool_join(p, carom_deadline(10, &ts))) << "round " << round;
     ASSERT_NE(nullptr, late);
     const void *d;
