@@ -8,9 +8,11 @@
  * owner dies or closes the socket it SIGKILLs every worker's process group,
  * reaps them and exits. A closed pool whose work is done sends TPL_QUIT: the
  * template exits once its last worker is reaped and reported, without killing
- * any (so its exit overlaps join's return). Workers die with it (PDEATHSIG; the template's only
- * thread lives as long as the template). When any worker ends, the template
- * kills the worker's process group, so nothing the worker started outlives it.
+ * any (so its exit overlaps join's return). Before it exits it kills and
+ * reaps every child left (see leave()). Workers die with it (PDEATHSIG; the
+ * template's only thread lives as long as the template). When any worker
+ * ends, the template kills the worker's process group, so nothing the worker
+ * started outlives it.
  */
 #include "pool/internal.h"
 #include "proc/internal.h"

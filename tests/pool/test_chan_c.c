@@ -109,7 +109,8 @@ int carom_test_chan_soft_limit(char *err, size_t errlen) {
     if (d[k] != 0xA5) FAIL("byte %llu past the soft limit written", (unsigned long long)k);
   while (rid < wid) { /* drain */
     long n = take(c, in, &got);
-    if (n < 0 || check(rid, in, n, lens[rid % 64], err, errlen)) FAIL("drain %llu", (unsigned long long)rid);
+    if (n < 0 || check(rid, in, n, lens[rid % 64], err, errlen))
+      FAIL("drain %llu", (unsigned long long)rid);
     rid++;
   }
   /* Large and multi-frame messages from now on: lim lifts to cap. */
