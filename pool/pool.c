@@ -1370,8 +1370,10 @@ static void handle_kill_requests(carom_pool_t *p) {
   }
 }
 
-/* Ask every live worker to stop with sig (close: SIGTERM once idle;
- * terminate: SIGKILL). The template reports each exit. */
+/* Ask every live worker to stop: on close (sig SIGTERM, no work left) an idle
+ * worker through its channel (MSG_STOP), a starting one with SIGTERM; on
+ * terminate, SIGKILL. Signals go through the template, which reports each
+ * exit; a worker leaving on MSG_STOP reports its own (slot_t.last_words). */
 enum { STOP_GRACE_NS = 1000000000 };
 static void stop_workers(carom_pool_t *p, int sig) {
   for (unsigned i = 0; i < p->nslots; i++) {
@@ -1380,9 +1382,9 @@ static void stop_workers(carom_pool_t *p, int sig) {
     if (w->state == W_SPAWNING) continue; /* no pid yet: stopped once it has one */
     w->stop_sent = true;
     if (sig == SIGTERM && w->state == W_UP && !w->fifo_n && !w->sending) {
-      /* An idle worker is told through its channel, as Python's workers get
-       * None, and exits 0 of its own accord (slot_t.last_words): no detour through
-       * the template. One still there STOP_GRACE_NS later is killed. */
+      /* As Python's workers get None: it exits 0 of its own accord, with no
+       * detour through the template. One still there STOP_GRACE_NS later is
+       * killed. */
       msg_t h = {.kind = MSG_STOP, .seq = w->seq};
       struct iovec iov = {&h, sizeof h};
       size_t progress = 0;
@@ -1591,11 +1593,11 @@ static void *supervisor(void *arg) {
          * status; otherwise the status comes from the template shortly. */
         unsigned i = (unsigned)(tag - 1000);
         wslot_t *w = &p->slots[i];
-        uint64_t bye =
+        uint64_t words =
             atomic_load_explicit(&pool_slot(p->shm, i)->last_words, memory_order_acquire);
-        if (w->pidfd >= 0 && w->pid > 0 && bye >> 32 == (uint32_t)w->pid) {
+        if (w->pidfd >= 0 && w->pid > 0 && words >> 32 == (uint32_t)w->pid) {
           /* as waitpid's status: exited with the code it said */
-          w->status = (int)(((bye & BYE_CODE) - 1) & 0xff) << 8;
+          w->status = (int)(((words & BYE_CODE) - 1) & 0xff) << 8;
           w->have_status = true;
           worker_gone(p, i);
         } else if (w->pidfd >= 0) {

@@ -149,9 +149,10 @@ static void reap(int sock, bool report, void *shm) {
 static _Noreturn void leave(int sfd) {
   uint64_t until = carom_now_ns() + 2000000000ull;
   for (;;) {
-    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    pid_t r;
+    while ((r = waitpid(-1, NULL, WNOHANG)) > 0) {
     }
-    if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD) break; /* none left */
+    if (r < 0 && errno == ECHILD) break; /* none left */
     kill_orphans(); /* no worker is left: every child is one */
     if (carom_now_ns() > until) break;
     struct pollfd p = {sfd, POLLIN, 0};

@@ -162,7 +162,8 @@ static void send_up(chan_t *c, pool_shm_t *h, int evfd, const void *msg, size_t 
 
 /* Leave of our own accord, saying so first (slot_t.last_words). */
 static _Noreturn void worker_exit(slot_t *slot, int code) {
-  uint64_t w = (uint64_t)(uint32_t)getpid() << 32 | ((uint32_t)code + 1);
+  uint64_t w = (uint64_t)(uint32_t)atomic_load_explicit(&slot->pid, memory_order_relaxed) << 32 |
+               ((uint32_t)code + 1); /* slot->pid: our own, stored at start-up */
   if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD) w |= BYE_NO_KIDS;
   atomic_store_explicit(&slot->last_words, w, memory_order_release);
   _exit(code);

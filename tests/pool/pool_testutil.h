@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -108,6 +109,56 @@ inline carom_pool_t *make_method_pool(const char *method, int processes, unsigne
   o.maxtasksperchild = maxtasks;
   o.start_method = method;
   return create_pool(o);
+}
+
+// How often each of n items came out (of next(), or read by index), from any
+// thread: every item must come exactly once. An index past n counts as stray.
+class ItemTally {
+ public:
+  explicit ItemTally(size_t n) : seen_(n) {}
+  void add(size_t i) {
+    if (i < seen_.size()) seen_[i]++;
+    else stray_++;
+  }
+  size_t repeated() const { return count_if([](int c) { return c > 1; }); }
+  size_t missing() const { return count_if([](int c) { return c == 0; }); }
+  size_t stray() const { return stray_.load(); }
+  // 0 when every item came exactly once, else how many did not (and the
+  // first of them in *first).
+  size_t not_once(size_t *first = nullptr) const {
+    size_t bad = stray_.load();
+    for (size_t i = seen_.size(); i-- > 0;)
+      if (seen_[i].load() != 1) {
+        bad++;
+        if (first) *first = i;
+      }
+    return bad;
+  }
+
+ private:
+  template <typename F>
+  size_t count_if(F f) const {
+    size_t k = 0;
+    for (auto &c : seen_) k += f(c.load());
+    return k;
+  }
+  std::vector<std::atomic<int>> seen_;
+  std::atomic<size_t> stray_{0};
+};
+
+// Every item of t came exactly once (what names the run in the failure).
+#define EXPECT_EACH_ONCE(t, what)                                                   \
+  do {                                                                              \
+    size_t first_ = 0;                                                              \
+    EXPECT_EQ(0u, (t).not_once(&first_)) << (what) << ": item " << first_ << " not once"; \
+  } while (0)
+
+// on_process_down / on_process_exit that appends to the
+// std::vector<carom_worker_exit_t> given as event_arg (called on the
+// supervisor thread: read the vector once the pool is freed or the job the
+// exit failed has ended).
+inline void record_exit(const carom_worker_exit_t *e, void *arg) {
+  static_cast<std::vector<carom_worker_exit_t> *>(arg)->push_back(*e);
 }
 
 // carom_pool_apply of fn(arg) whose result is one T: that value (a failed

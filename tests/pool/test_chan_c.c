@@ -167,7 +167,7 @@ int carom_test_chan_threads(char *err, size_t errlen) {
   uint8_t *in = malloc(200000);
   if (!a.c || !in) FAIL("out of memory");
   pthread_t t;
-  pthread_create(&t, NULL, producer, &a);
+  if (pthread_create(&t, NULL, producer, &a) != 0) FAIL("pthread_create");
   size_t got = 0;
   int rc = 0;
   for (int id = 0; id < a.n && !rc; id++) {

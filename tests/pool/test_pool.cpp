@@ -258,10 +258,10 @@ TEST(Pool, KilledWorkerFailsItsTaskOnlyAndIsReplaced) {
 }
 
 TEST(Pool, CrashKindsAreReportedPrecisely) {
-  static std::vector<carom_worker_exit_t> exits;
-  exits.clear();
+  std::vector<carom_worker_exit_t> exits;
   carom_pool_opts_t o = pool_opts(1);
-  o.on_process_down = [](const carom_worker_exit_t *e, void *) { exits.push_back(*e); };
+  o.on_process_down = record_exit;
+  o.event_arg = &exits;
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
   struct { int how; const char *text; int code; } cases[] = {
@@ -503,10 +503,10 @@ TEST(Pool, WorkSubmittedJustBeforeCloseStillRuns) {
 // A worker that cannot act on the stop message (SIGSTOPped while idle) is
 // killed a second later: join still returns, and says how the worker ended.
 TEST(Pool, CloseJoinKillsAWorkerThatCannotStop) {
-  static std::vector<carom_worker_exit_t> exits;
-  exits.clear();
+  std::vector<carom_worker_exit_t> exits;
   carom_pool_opts_t o = pool_opts(1);
-  o.on_process_exit = [](const carom_worker_exit_t *e, void *) { exits.push_back(*e); };
+  o.on_process_exit = record_exit;
+  o.event_arg = &exits;
   carom_pool_t *p;
   ASSERT_EQ(0, carom_pool_create(&o, &p));
   int32_t pid = apply_value<int32_t>(p, getpid_task);
@@ -553,6 +553,7 @@ TEST(Pool, CreatorWithThreadsIsWarnedWithTheirCount) {
 int32_t *g_orphan = static_cast<int32_t *>(shared_alloc(4096));  // [0] B, [1] C
 int leaves_orphan(carom_task_ctx_t *ctx, const void *, size_t) {
   pid_t a = fork();
+  if (a < 0) return carom_task_fail(ctx, -errno, "fork");
   if (a == 0) {
     setsid();
     if (fork() == 0) {    // B
@@ -566,9 +567,12 @@ int leaves_orphan(carom_task_ctx_t *ctx, const void *, size_t) {
     _exit(0);
   }
   waitpid(a, nullptr, 0);
+  uint64_t until = carom_now_ns() + 10000000000ull;
   while (!__atomic_load_n(&g_orphan[0], __ATOMIC_SEQ_CST) ||
-         !__atomic_load_n(&g_orphan[1], __ATOMIC_SEQ_CST))
+         !__atomic_load_n(&g_orphan[1], __ATOMIC_SEQ_CST)) {
+    if (carom_now_ns() > until) return carom_task_fail(ctx, -ETIMEDOUT, "B and C not started");
     sched_yield();
+  }
   return carom_task_return(ctx, "ok", 2);
 }
 
@@ -1125,19 +1129,19 @@ TEST(Pool, MixedResultsAcrossChunks) {
     carom_job_release(j);
     // The same through imap, unordered: every index exactly once.
     ASSERT_EQ(0, carom_pool_imap(p, mixed, items.iov.data(), n, cs, false, &j));
-    std::vector<int> seen(n);
+    ItemTally seen(n);
     size_t idx, got = 0;
     const void *d;
     size_t len;
     int rc;
     while ((rc = carom_job_next(j, nullptr, &idx, &d, &len)) != CAROM_EEOF) {
       ASSERT_LT(idx, n);
-      seen[idx]++;
+      seen.add(idx);
       got++;
       EXPECT_EQ(idx % 13 == 0 ? -EDOM : 0, rc) << idx;
     }
     EXPECT_EQ(n, got);
-    for (size_t i = 0; i < n; i++) EXPECT_EQ(1, seen[i]) << i;
+    EXPECT_EACH_ONCE(seen, "chunksize " + std::to_string(cs));
     carom_job_release(j);
   }
   carom_pool_free(p);
@@ -1153,7 +1157,7 @@ TEST(Pool, UnorderedImapSharedByConsumers) {
   for (size_t cs : {1, 7, 100}) {
     carom_job_t *j;
     ASSERT_EQ(0, carom_pool_imap(p, mixed, items.iov.data(), n, cs, false, &j));
-    std::vector<std::atomic<int>> seen(n);
+    ItemTally seen(n);
     std::atomic<size_t> bad{0};
     auto consume = [&](int id) {
       size_t idx;
@@ -1167,7 +1171,7 @@ TEST(Pool, UnorderedImapSharedByConsumers) {
           bad++;
           return;
         }
-        seen[idx]++;
+        seen.add(idx);
         if (rc != (idx % 13 == 0 ? -EDOM : 0)) bad++;
         if (rc == 0 && idx % 5 != 0 && (len != 8 || i64(d) != (int64_t)(2 * idx + 1))) bad++;
         if (id == 0) {  // a by-index read in between moves the shared hint
@@ -1183,9 +1187,7 @@ TEST(Pool, UnorderedImapSharedByConsumers) {
     for (int t = 0; t < 4; t++) th.emplace_back(consume, t);
     for (auto &t : th) t.join();
     EXPECT_EQ(0u, bad.load()) << "chunksize " << cs;
-    size_t once = 0;
-    for (size_t i = 0; i < n; i++) once += seen[i].load() == 1;
-    EXPECT_EQ(n, once) << "chunksize " << cs;
+    EXPECT_EACH_ONCE(seen, "chunksize " + std::to_string(cs));
     carom_job_release(j);
   }
   carom_pool_free(p);
@@ -1207,7 +1209,7 @@ TEST(Pool, SecondConsumerJoiningAnOwnerLosesAndRepeatsNothing) {
       carom_job_t *j;
       ASSERT_EQ(0, carom_pool_imap(p, mixed, items.iov.data(), n, 16, ordered, &j));
       ASSERT_EQ(-EDOM, carom_job_wait(j, nullptr));  // all published: claims never wait
-      std::vector<std::atomic<int>> seen(n);
+      ItemTally seen(n);
       std::atomic<int> go{0};
       auto consume = [&](bool second) {
         size_t idx;
@@ -1215,20 +1217,17 @@ TEST(Pool, SecondConsumerJoiningAnOwnerLosesAndRepeatsNothing) {
           while (go.load() == 0) {  // join once the owner has started
           }
         } else if (carom_job_next(j, nullptr, &idx, nullptr, nullptr) != CAROM_EEOF) {
-          seen[idx]++;
+          seen.add(idx);
           go.store(1);
         }
-        int rc;
-        while ((rc = carom_job_next(j, nullptr, &idx, nullptr, nullptr)) != CAROM_EEOF) seen[idx]++;
+        while (carom_job_next(j, nullptr, &idx, nullptr, nullptr) != CAROM_EEOF) seen.add(idx);
       };
       std::thread second(consume, true), third(consume, true);
       consume(false);
       second.join();
       third.join();
-      for (size_t i = 0; i < n; i++) {
-        dup += seen[i].load() > 1;
-        missing += seen[i].load() == 0;
-      }
+      dup += seen.repeated() + seen.stray();
+      missing += seen.missing();
       carom_job_release(j);
     }
     EXPECT_EQ(0u, dup) << (ordered ? "ordered" : "unordered");
@@ -1260,18 +1259,16 @@ TEST(Pool, SecondConsumerInForkedChildOfTheOwner) {
   size_t idx;
   ASSERT_EQ(0, carom_job_next(j, nullptr, &idx, nullptr, nullptr));  // this thread owns it
   ChildGuard child(fork_child([&] {
-    std::vector<std::atomic<int>> seen(n);
-    seen[idx]++;
+    ItemTally seen(n);
+    seen.add(idx);
     auto consume = [&] {
       size_t k;
-      while (carom_job_next(j, nullptr, &k, nullptr, nullptr) != CAROM_EEOF) seen[k]++;
+      while (carom_job_next(j, nullptr, &k, nullptr, nullptr) != CAROM_EEOF) seen.add(k);
     };
     std::thread other(consume);
     consume();
     other.join();
-    for (size_t i = 0; i < n; i++)
-      if (seen[i].load() != 1) return 1;
-    return 0;
+    return seen.not_once() == 0 ? 0 : 1;
   }));
   EXPECT_EQ(0, reap_code(child));
   size_t left = 0;
@@ -1386,10 +1383,10 @@ TEST(Pool, ResultsInPlaceOfCopiedItemsSurviveLostWorkers) {
       } else {
         ASSERT_EQ(0, carom_pool_map_async(p, resize_task, items.data(), n, 20, nullptr, &j));
       }
-      std::vector<int> seen(n);
+      ItemTally seen(n);
       size_t bad = 0, lost = 0;
       auto check = [&](size_t i, int rc, const void *d, size_t len) {
-        seen[i]++;
+        seen.add(i);
         int64_t out[5] = {(int64_t)i * 3, ~(int64_t)i, (int64_t)i, (int64_t)i + 1, (int64_t)i + 2};
         if (rc == CAROM_EWORKERLOST) {
           lost++;
@@ -1427,7 +1424,7 @@ TEST(Pool, ResultsInPlaceOfCopiedItemsSurviveLostWorkers) {
       EXPECT_GE(lost, 3u) << "mode " << mode << (unordered ? " imap" : " map_async");
       EXPECT_LE(lost, 60u) << "mode " << mode << (unordered ? " imap" : " map_async");
       EXPECT_EQ(0u, bad) << "mode " << mode << (unordered ? " imap" : " map_async");
-      for (size_t i = 0; i < n; i++) ASSERT_EQ(1, seen[i]) << i;
+      EXPECT_EACH_ONCE(seen, "mode " + std::to_string(mode));
       carom_job_release(j);
     }
   }
@@ -1452,10 +1449,10 @@ TEST(Pool, CancelledJobKeepsResultsOfTheRunningChunk) {
     ASSERT_TRUE(wait_accepted(j));
     ASSERT_EQ(0, carom_job_cancel(j));
     __atomic_store_n(g_gate, 1, __ATOMIC_RELEASE);
-    std::vector<int> seen(n);
+    ItemTally seen(n);
     size_t ok = 0, cancelled = 0;
     auto check = [&](size_t i, int rc, const void *d, size_t len) {
-      seen[i]++;
+      seen.add(i);
       if (i < cs) {
         EXPECT_EQ(0, rc) << i;
         EXPECT_EQ(8u, len);
@@ -1487,7 +1484,7 @@ TEST(Pool, CancelledJobKeepsResultsOfTheRunningChunk) {
     }
     EXPECT_EQ(cs, ok) << (imap ? "imap" : "map");
     EXPECT_EQ(n - cs, cancelled);
-    for (size_t i = 0; i < n; i++) EXPECT_EQ(1, seen[i]) << i;
+    EXPECT_EACH_ONCE(seen, imap ? "imap" : "map");
     carom_job_release(j);
   }
   carom_pool_free(p);
